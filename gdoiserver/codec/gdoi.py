@@ -1,0 +1,1 @@
+"""GDOI payloads (RFC 6407 section 5); filled in by the GDOI codec work."""
