@@ -5,8 +5,7 @@ Type/Length/Value (AF=0).  Keeping the form in the value's type makes ``encode(d
 """
 
 import struct
-
-import attrs
+from typing import NamedTuple
 
 from gdoiserver.codec.constants import NotifyType
 from gdoiserver.codec.errors import DecodeError, EncodeError
@@ -15,9 +14,11 @@ _AF = 0x8000
 _HDR = struct.Struct("!HH")
 
 
-@attrs.frozen
-class Attribute:
-    """One data attribute: ``type`` is the 15-bit attribute class, ``value`` an int (TV) or bytes (TLV)."""
+class Attribute(NamedTuple):
+    """One data attribute: ``type`` is the 15-bit attribute class, ``value`` an int (TV) or bytes (TLV).
+
+    A named tuple rather than an attrs class: SA payloads carry many of them, and decoding is hot.
+    """
 
     type: int
     value: int | bytes
@@ -53,24 +54,29 @@ class Attribute:
         return cls(type_, value.to_bytes(size, "big"))
 
 
+_new_attribute = tuple.__new__
+
+
 def decode_attributes(data: bytes, start: int = 0, end: int | None = None) -> tuple[Attribute, ...]:
     """Decode a run of attributes that fills ``data[start:end]`` exactly."""
     if end is None:
         end = len(data)
     out = []
+    add = out.append
     pos = start
     unpack = _HDR.unpack_from
+    new = _new_attribute
     while pos < end:
         if end - pos < 4:
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "truncated data attribute", pos)
         t, v = unpack(data, pos)
         pos += 4
-        if t & _AF:
-            out.append(Attribute(t & 0x7FFF, v))
+        if t & 0x8000:
+            add(new(Attribute, (t & 0x7FFF, v)))
         else:
             if v > end - pos:
                 raise DecodeError(NotifyType.PAYLOAD_MALFORMED, f"attribute {t} length {v} overruns", pos - 2)
-            out.append(Attribute(t, bytes(data[pos : pos + v])))
+            add(new(Attribute, (t, bytes(data[pos : pos + v]))))
             pos += v
     return tuple(out)
 

@@ -18,6 +18,7 @@ HEADER_SIZE = HEADER.size  # 28
 NON_ESP_MARKER = b"\0\0\0\0"
 
 _ALL_FLAGS = int(Flags.ENCRYPTION | Flags.COMMIT | Flags.AUTHENTICATION_ONLY)
+_E = int(Flags.ENCRYPTION)
 
 
 @attrs.frozen
@@ -43,7 +44,7 @@ class Message:
 
     @property
     def encrypted(self) -> bool:
-        return bool(self.flags & Flags.ENCRYPTION)
+        return bool(self.flags & _E)
 
     @property
     def spi(self) -> bytes:
@@ -117,7 +118,7 @@ def decode_message(data: bytes, doi: int = DOI.IPSEC, ctx: Context | None = None
     ``doi`` picks the registry row for the payloads (the DOI of the SA the message is under).
     """
     icookie, rcookie, nxt, version, xchg, flags, mid, _ = decode_header(data)
-    if flags & Flags.ENCRYPTION:
+    if flags & _E:
         if len(data) == HEADER_SIZE:
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "encrypted message with no body", HEADER_SIZE)
         return Message(icookie, rcookie, xchg, flags, mid, (), version >> 4, version & 15, bytes(data[HEADER_SIZE:]), nxt)

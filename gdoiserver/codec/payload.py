@@ -62,20 +62,28 @@ class Registry:
 
     def __init__(self):
         self._classes: dict[tuple[int | None, int], type] = {}
+        self._tables: dict[int, dict[int, type]] = {}
 
     def register(self, doi: int | None, cls: type) -> type:
-        key = (doi, cls.payload_type)
+        key = (doi, int(cls.payload_type))
         if key in self._classes and self._classes[key] is not cls:
             raise ValueError(f"payload type {cls.payload_type} already registered for DOI {doi}")
         self._classes[key] = cls
+        self._tables.clear()
         return cls
+
+    def table(self, doi: int) -> dict[int, type]:
+        """Payload type -> class for one DOI: its own classes over the ones registered for any DOI."""
+        t = self._tables.get(doi)
+        if t is None:
+            t = {pt: c for (d, pt), c in self._classes.items() if d is None}
+            t.update({pt: c for (d, pt), c in self._classes.items() if d == doi})
+            self._tables[doi] = t
+        return t
 
     def lookup(self, doi: int, payload_type: int) -> type | None:
         """The class for ``payload_type`` under ``doi``, then under any DOI, else None."""
-        c = self._classes.get((doi, payload_type))
-        if c is None:
-            c = self._classes.get((None, payload_type))
-        return c
+        return self.table(doi).get(payload_type)
 
     def known_types(self, doi: int) -> set[int]:
         return {t for (d, t) in self._classes if d is None or d == doi}
@@ -114,8 +122,7 @@ def decode_chain(
     pos = start
     nxt = first_type
     unpack = _GENERIC.unpack_from
-    lookup = registry.lookup
-    doi = ctx.doi
+    lookup = registry.table(ctx.doi).get
     while nxt:
         if end - pos < 4:
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, f"truncated header of payload type {nxt}", pos)
@@ -125,7 +132,7 @@ def decode_chain(
         if length < 4 or length > end - pos:
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, f"payload type {nxt}: bad length {length}", pos + 2)
         body = data[pos + 4 : pos + length]
-        cls = lookup(doi, nxt)
+        cls = lookup(nxt)
         if cls is None:
             out.append(UnknownPayload(nxt, bytes(body)))
         else:

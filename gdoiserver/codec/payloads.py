@@ -23,12 +23,15 @@ _NOTIFY = struct.Struct("!IBBH")
 _DELETE = struct.Struct("!IBBH")
 
 _MALFORMED = NotifyType.PAYLOAD_MALFORMED
+_P, _T = int(PayloadType.P), int(PayloadType.T)
 
 #: Phase 2 exchanges whose SA payload takes a DOI-specific form (GDOI's SA with SA attribute payloads).
-_GROUP_EXCHANGES = (ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH)
+_GROUP_EXCHANGES = frozenset((int(ExchangeType.GROUPKEY_PULL), int(ExchangeType.GROUPKEY_PUSH)))
 #: DOI number -> payload class decoding an SA body of that DOI in GROUPKEY-PULL and GROUPKEY-PUSH.
 _SA_GROUP_FORMS: dict[int, type] = {}
-_SUPPORTED_DOIS = {DOI.ISAKMP, DOI.IPSEC, DOI.GDOI}
+_SUPPORTED_DOIS = frozenset(map(int, DOI))
+#: Situation bits other than SIT_IDENTITY_ONLY: labelled domains (RFC 2407 section 4.2), which we do not support.
+_UNSUPPORTED_SITUATION = ~int(Situation.IDENTITY_ONLY) & 0xFFFFFFFF
 
 
 def register_sa_group_form(doi: int, cls: type) -> type:
@@ -124,9 +127,9 @@ class Proposal:
         spi = bytes(data[pos + 8 : pos + 8 + spi_size])
         tpos = pos + 8 + spi_size
         transforms = []
-        tnext = PayloadType.T if count else 0
+        tnext = _T if count else 0
         while tpos < stop:
-            if tnext != PayloadType.T:
+            if tnext != _T:
                 raise DecodeError(_MALFORMED, "bytes after the last Transform of a Proposal", tpos)
             t, tnext, tpos = Transform.decode_at(data, tpos, stop)
             transforms.append(t)
@@ -175,13 +178,13 @@ class SA:
             raise DecodeError(NotifyType.DOI_NOT_SUPPORTED, f"DOI {doi}", 0)
         if ctx.exchange_type in _GROUP_EXCHANGES and doi in _SA_GROUP_FORMS:
             return _SA_GROUP_FORMS[doi].decode_body(body, ctx)
-        if situation & (Situation.SECRECY | Situation.INTEGRITY) or situation & ~0x7:
+        if situation & _UNSUPPORTED_SITUATION:
             raise DecodeError(NotifyType.SITUATION_NOT_SUPPORTED, f"situation {situation:#x}", 4)
         proposals = []
         pos, end = 8, len(body)
-        nxt = PayloadType.P if end > pos else 0
+        nxt = _P if end > pos else 0
         while pos < end:
-            if nxt != PayloadType.P:
+            if nxt != _P:
                 raise DecodeError(_MALFORMED, "bytes after the last Proposal of an SA", pos)
             p, nxt, pos = Proposal.decode_at(body, pos, end)
             proposals.append(p)
@@ -235,7 +238,7 @@ class Identification:
         want = _ID_DATA_LENGTHS.get(id_type, 0)
         if want and len(data) != want:
             raise DecodeError(NotifyType.INVALID_ID_INFORMATION, f"ID type {id_type} with {len(data)} octets", 4)
-        if want is None and not data or want == 0 and not data:
+        if not data:
             raise DecodeError(NotifyType.INVALID_ID_INFORMATION, f"ID type {id_type} with no data", 4)
         return cls(id_type, proto, port, data)
 
@@ -274,12 +277,10 @@ class Identification:
             return ipaddress.ip_address(d)
         if t in (IDType.IPV4_ADDR_SUBNET, IDType.IPV6_ADDR_SUBNET):
             half = len(d) // 2
-            addr = ipaddress.ip_address(d[:half])
-            mask = ipaddress.ip_address(d[half:])
-            try:
-                return ipaddress.ip_network(f"{addr}/{mask}", strict=False)
-            except ValueError:
-                raise DecodeError(NotifyType.INVALID_ID_INFORMATION, "subnet mask is not contiguous") from None
+            host = ~int.from_bytes(d[half:], "big") & ((1 << 8 * half) - 1)
+            if host & (host + 1):
+                raise DecodeError(NotifyType.INVALID_ID_INFORMATION, "subnet mask is not contiguous")
+            return ipaddress.ip_network((d[:half], 8 * half - host.bit_length()), strict=False)
         if t in (IDType.IPV4_ADDR_RANGE, IDType.IPV6_ADDR_RANGE):
             half = len(d) // 2
             return (ipaddress.ip_address(d[:half]), ipaddress.ip_address(d[half:]))

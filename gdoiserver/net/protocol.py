@@ -1,0 +1,119 @@
+"""The UDP adapter: datagrams in, decoded :class:`~gdoiserver.codec.Message` objects out to a dispatcher.
+
+``datagramReceived`` never raises.  What it cannot decode it counts and logs (never more of the datagram than a
+short hex prefix of the header) and drops; an exception anywhere else is a bug, which it counts as
+``internal_error`` and logs with its traceback before it goes on serving.
+"""
+
+from collections import Counter
+from typing import Callable
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from gdoiserver.codec import NON_ESP_MARKER, DecodeError, ExchangeType, Message, decode_message
+
+#: dispatcher(message, source address, local port)
+Dispatcher = Callable[[Message, tuple, int], object]
+
+#: The port NAT-T floats IKE to, where it shares the socket with UDP-encapsulated ESP (RFC 3947 section 4).
+NAT_T_PORTS = frozenset({4500})
+#: A NAT-keepalive packet is the single octet 0xFF (RFC 3948 section 2.3).
+NAT_KEEPALIVE = b"\xff"
+#: How much of a malformed datagram goes to the log: the header up to and including its Flags octet.
+LOGGED_PREFIX = 20
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def exchange_name(exchange_type: int) -> str:
+    """Every RFC name of an exchange type number (32 and 33 have one per DOI), or the bare number."""
+    names = [name for name, member in ExchangeType.__members__.items() if member == exchange_type]
+    return "/".join(names) or str(exchange_type)
+
+
+class ISAKMPProtocol(DatagramProtocol):
+    """Receives ISAKMP on one UDP port.
+
+    ``counters`` maps event names to counts (``received``, ``decoded``, ``malformed.<NOTIFY>``, ``unhandled.<exchange
+    type number>``, ``nat_keepalive``, ``esp``, ``oversize``, ``internal_error``); several ports may share one.
+    """
+
+    log = Logger()
+    noisy = False  # startProtocol logs the bound address instead
+
+    def __init__(
+        self,
+        counters: Counter | None = None,
+        dispatcher: Dispatcher | None = None,
+        max_datagram_size: int = 65535,
+        nat_t_ports: frozenset = NAT_T_PORTS,
+    ):
+        self.counters = Counter() if counters is None else counters
+        self.dispatcher = self.not_handled_yet if dispatcher is None else dispatcher
+        self.max_datagram_size = max_datagram_size
+        self.nat_t_ports = nat_t_ports
+        self.local_port: int | None = None
+
+    def startProtocol(self):
+        host = self.transport.getHost()
+        self.local_port = host.port
+        self.log.info("ISAKMP listening on {address}/udp", address=format_address(host.host, host.port))
+
+    def datagramReceived(self, datagram: bytes, addr):
+        self.counters["received"] += 1
+        try:
+            self._receive(datagram, addr)
+        except Exception:
+            self.counters["internal_error"] += 1
+            self.log.failure(
+                "bug: datagram of {length} octets from {source} raised; dropped it",
+                length=len(datagram),
+                source=addr,
+            )
+
+    def _receive(self, data: bytes, addr):
+        source = format_address(addr[0], addr[1])
+        if len(data) > self.max_datagram_size:
+            self.counters["oversize"] += 1
+            self.log.info(
+                "dropped a datagram of {length} octets from {source}: limits.max_datagram_size is {limit}",
+                length=len(data), source=source, limit=self.max_datagram_size,
+            )
+            return
+        if self.local_port in self.nat_t_ports:
+            data = self._demultiplex(data, source)
+            if data is None:
+                return
+        try:
+            message = decode_message(data)
+        except DecodeError as e:
+            self.counters[f"malformed.{e.notify.name}"] += 1
+            self.log.info(
+                "dropped a malformed datagram from {source} ({length} octets, header {header}): {error}",
+                source=source, length=len(data), header=data[:LOGGED_PREFIX].hex(), notify=e.notify.name, error=e,
+            )
+            return
+        self.counters["decoded"] += 1
+        self.dispatcher(message, addr, self.local_port)
+
+    def _demultiplex(self, data: bytes, source: str) -> bytes | None:
+        """The ISAKMP message in a datagram on a NAT-T port, or None for a keepalive or ESP (RFC 3948 section 2)."""
+        if data.startswith(NON_ESP_MARKER):
+            return data[len(NON_ESP_MARKER):]
+        kind = "nat_keepalive" if data == NAT_KEEPALIVE else "esp"
+        self.counters[kind] += 1
+        self.log.debug("dropped {kind} datagram of {length} octets from {source}", kind=kind, length=len(data),
+                       source=source)
+        return None
+
+    def not_handled_yet(self, message: Message, addr, local_port: int):
+        """The default dispatcher: counts and logs the exchange, which nothing answers yet."""
+        self.counters[f"unhandled.{message.exchange_type}"] += 1
+        self.log.info(
+            "exchange type {exchange} ({name}) from {source} on port {port} is not handled yet",
+            exchange=message.exchange_type, name=exchange_name(message.exchange_type),
+            source=format_address(addr[0], addr[1]), port=local_port,
+        )
