@@ -30,7 +30,7 @@ class GDOIService(MultiService):
             self.protocols.append(protocol)
             # One octet more than the limit, so that a longer datagram is seen whole enough to be counted as oversize
             # rather than arriving truncated.
-            server = UDPServer(listen.port, protocol, interface=listen.address, reactor=reactor)
+            server = UDPServer(listen.port, protocol, interface=listen.address, maxPacketSize=size + 1, reactor=reactor)
             server.setServiceParent(self)
 
     def startService(self):

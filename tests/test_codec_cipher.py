@@ -12,7 +12,7 @@ from gdoiserver.codec.cipher import (
     CIPHERS,
     IVChain,
     TripleDES,
-    UnsupportedAlgorithm,
+    UnsupportedCipher,
     cipher_for,
     decrypt_message,
     encrypt_message,
@@ -34,6 +34,7 @@ from gdoiserver.codec.constants import (
 from gdoiserver.codec.errors import DecodeError, EncodeError
 from gdoiserver.codec.message import HEADER_SIZE, Message, decode_message
 from gdoiserver.codec.payloads import Hash, Identification, Nonce, Notification
+from gdoiserver.crypto.errors import UnsupportedHash
 
 AES128 = cipher_for(OakleyEncryption.AES_CBC, 128)
 AES192 = cipher_for(OakleyEncryption.AES_CBC, 192)
@@ -81,14 +82,14 @@ class CipherTableTests(SynchronousTestCase):
         self.assertIs(cipher_for(OakleyEncryption.TRIPLEDES_CBC, 192), TDES)
 
     def test_des_is_refused(self):
-        """Single DES (Oakley 1) raises UnsupportedAlgorithm naming DES."""
-        e = self.assertRaises(UnsupportedAlgorithm, cipher_for, OakleyEncryption.DES_CBC)
+        """Single DES (Oakley 1) raises UnsupportedCipher naming DES."""
+        e = self.assertRaises(UnsupportedCipher, cipher_for, OakleyEncryption.DES_CBC)
         self.assertIn("DES-CBC", str(e))
         self.assertIsInstance(e, ValueError)
 
     def test_aes_needs_key_length(self):
         """AES-CBC without a Key Length attribute is refused (RFC 3602 section 5.3 makes it mandatory)."""
-        e = self.assertRaises(UnsupportedAlgorithm, cipher_for, OakleyEncryption.AES_CBC)
+        e = self.assertRaises(UnsupportedCipher, cipher_for, OakleyEncryption.AES_CBC)
         self.assertIn("Key Length", str(e))
 
     def test_unknown_combinations(self):
@@ -101,7 +102,7 @@ class CipherTableTests(SynchronousTestCase):
             (OakleyEncryption.CAST_CBC, 128),
             (99, 128),
         ):
-            self.assertRaises(UnsupportedAlgorithm, cipher_for, algo, bits)
+            self.assertRaises(UnsupportedCipher, cipher_for, algo, bits)
 
     def test_wrong_key_or_iv_size(self):
         """A key or IV of the wrong size is a caller's error (ValueError), for encryption and decryption."""
@@ -252,10 +253,10 @@ class IVDerivationTests(SynchronousTestCase):
         self.assertEqual(phase2_iv(OakleyHash.SHA, last, 1, 8).hex(), "eedd3c6b43f1ab5a")
 
     def test_unsupported_hash(self):
-        """Tiger (Oakley hash 3) and unknown hashes raise UnsupportedAlgorithm, also when a chain is built."""
-        self.assertRaises(UnsupportedAlgorithm, phase1_iv, OakleyHash.TIGER, b"a", b"b", 16)
-        self.assertRaises(UnsupportedAlgorithm, phase2_iv, 77, bytes(16), 1, 16)
-        self.assertRaises(UnsupportedAlgorithm, IVChain, AES128, RFC3602_KEY1, OakleyHash.TIGER, bytes(16))
+        """Tiger (Oakley hash 3) and unknown hashes raise UnsupportedHash, also when a chain is built."""
+        self.assertRaises(UnsupportedHash, phase1_iv, OakleyHash.TIGER, b"a", b"b", 16)
+        self.assertRaises(UnsupportedHash, phase2_iv, 77, bytes(16), 1, 16)
+        self.assertRaises(UnsupportedHash, IVChain, AES128, RFC3602_KEY1, OakleyHash.TIGER, bytes(16))
 
     def test_message_id_zero_is_phase1(self):
         """for_message_id refuses M-ID 0 (Phase 1's) and values beyond 32 bits."""
@@ -348,8 +349,8 @@ class PaddingTests(SynchronousTestCase):
 
     def message(self, hash_length, padding=b""):
         # One Hash payload: the body is 4 + hash_length octets.
-        return Message(ICOOKIE, RCOOKIE, ExchangeType.IDENTITY_PROTECTION, payloads=(Hash(b"h" * hash_length),),
-                       padding=padding)
+        payloads = (Hash(b"h" * hash_length),)
+        return Message(ICOOKIE, RCOOKIE, ExchangeType.IDENTITY_PROTECTION, payloads=payloads, padding=padding)
 
     def plaintext_of(self, wire, algorithm, key, iv):
         return reference_cbc_decrypt(algorithm, key, iv, wire[HEADER_SIZE:])

@@ -144,7 +144,7 @@ class LoadConfigTests(unittest.TestCase):
 
     def test_port_out_of_range(self):
         """A port above 65535 is refused, naming the listen entry and the range."""
-        e = self.error('[server]\nlisten = [{ address = "127.0.0.1", port = 500 }, { address = "::1", port = 65536 }]\n')
+        e = self.error('[server]\nlisten = [{ address = "127.0.0.1", port = 500 }, { address = "::1", port = 65536 }]')
         self.assertEqual(str(e), f"{e.source}: server.listen[1].port: got 65536, expected an integer from 0 to 65535")
 
     def test_negative_port(self):

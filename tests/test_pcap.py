@@ -11,6 +11,7 @@ import struct
 import subprocess
 import warnings
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
@@ -79,8 +80,9 @@ def epb(iface, ts, frame, order="<") -> bytes:
     return _block(order, 6, struct.pack(order + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame)
 
 
-def spb(frame, order="<") -> bytes:
-    return _block(order, 3, struct.pack(order + "I", len(frame)) + frame)  # original length, packet data
+def spb(frame, order="<", original=None) -> bytes:
+    # original packet length, packet data (as much as the interface's snaplen allows)
+    return _block(order, 3, struct.pack(order + "I", len(frame) if original is None else original) + frame)
 
 
 def ether(ethertype, payload, vlans=()) -> bytes:
@@ -189,6 +191,9 @@ class ClassicPcapTests(unittest.TestCase):
             (T0, 4, ether(0x0806, bytes(28))),  # ARP
         ]
         got, notes = read_bytes(pcap(records, linktype=1))
+        # the same with an FCS: FCS length 4 and the P bit above the link type (draft-ietf-opsawg-pcap section 4)
+        with_fcs, _ = read_bytes(pcap([(s, f, frame + b"FCS!") for s, f, frame in records], linktype=0x44000001))
+        self.assertEqual(with_fcs, got)
         self.assertEqual([fields(d) for d in got], [fields(small), fields(D4), fields(D6)])
         self.assertEqual([d.frame for d in got], [1, 2, 3])
         self.assertEqual(notes, [])
@@ -246,6 +251,22 @@ class ClassicPcapTests(unittest.TestCase):
         self.assertEqual([d.payload for d in got], [D4.payload[:-4]])
         self.assertEqual(notes, [f"frame 1: UDP datagram cut short in the capture: {len(D4.payload) - 4} of "
                                  f"{len(D4.payload)} octets"])
+
+    def test_length_fields_bound_the_payload(self):
+        """The UDP length ends the payload inside a longer IP packet, and the IP length ends it inside a longer
+        frame (Ethernet padding), with a note when the UDP length claims more than the IP packet holds."""
+        d = Datagram("192.0.2.1", "192.0.2.2", 500, 500, b"0123456789")
+        packet = ip_udp_packet(d)
+        trailer = packet[:2] + struct.pack("!H", len(packet) + 4) + packet[4:] + b"TRLR"  # IP length covers it
+        longer = bytearray(packet)
+        longer[24:26] = struct.pack("!H", 8 + 30)  # UDP length says 30 payload octets; the IP packet holds 10
+        longer6 = bytearray(ip_udp_packet(attrs.evolve(d, src="2001:db8::1", dst="2001:db8::2")))
+        longer6[44:46] = struct.pack("!H", 8 + 30)  # the same lie behind IPv6's payload length
+        records = [(T0, 0, ether(0x0800, trailer)), (T0, 1, ether(0x0800, bytes(longer))),
+                   (T0, 2, ether(0x86DD, bytes(longer6) + b"FCS!"))]  # octets after the IPv6 packet
+        got, notes = read_bytes(pcap(records, linktype=1))
+        self.assertEqual([x.payload for x in got], [d.payload] * 3)
+        self.assertEqual(notes, [f"frame {n}: UDP datagram cut short in the capture: 10 of 30 octets" for n in (2, 3)])
 
     def test_malformed_and_unsupported_frames(self):
         """Frames with broken headers are skipped with a note naming the frame; an unsupported link type is noted
@@ -307,6 +328,14 @@ class PcapngTests(unittest.TestCase):
                 + shb(">") + idb(276, ">") + epb(0, 0, sll2(0x86DD, ip_udp_packet(D6)), ">"))
         got, _ = read_bytes(data)
         self.assertEqual([fields(d) for d in got], [fields(D4), fields(D6)])
+
+    def test_simple_packet_block_snaplen(self):
+        """A Simple Packet Block holds min(original length, snaplen) octets; its padding is not packet data."""
+        frame = ip_udp_packet(D4)
+        data = shb() + idb(101, snaplen=len(frame) - 2) + spb(frame[:-2], original=len(frame))
+        got, notes = read_bytes(data)
+        self.assertEqual([d.payload for d in got], [D4.payload[:-2]])
+        self.assertEqual(len(notes), 1)
 
     def test_obsolete_packet_block(self):
         """The obsolete Packet Block (type 2) is read like an Enhanced Packet Block."""

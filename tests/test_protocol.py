@@ -145,7 +145,9 @@ class DatagramTests(unittest.TestCase):
         self.assertEqual(counts(protocol), {"received": 1, "malformed.UNEQUAL_PAYLOAD_LENGTHS": 1})
         self.assertEqual(dispatched, [])
         event = events[-1]
-        self.assertEqual((event["source"], event["length"], event["notify"]), ("192.0.2.1:500", 60, "UNEQUAL_PAYLOAD_LENGTHS"))
+        self.assertEqual(
+            (event["source"], event["length"], event["notify"]), ("192.0.2.1:500", 60, "UNEQUAL_PAYLOAD_LENGTHS")
+        )
 
     def test_malformed_payload(self):
         """A payload length that overruns the message is counted as PAYLOAD_MALFORMED."""
@@ -228,7 +230,7 @@ class DatagramTests(unittest.TestCase):
         protocol.datagramReceived(MAIN_MODE_1, PEER)
         self.assertEqual(counts(protocol), {"received": 1, "oversize": 1})
         self.assertEqual(dispatched, [])
-        self.assertIn("max_datagram_size is 83", formatEvent(events[-1]))
+        self.assertIn("longer than limits.max_datagram_size (83 octets)", formatEvent(events[-1]))
 
     def test_at_limit_accepted(self):
         """A datagram exactly at the limit is decoded."""

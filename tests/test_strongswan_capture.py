@@ -405,12 +405,25 @@ class CheckedInCaptureTests(CaptureMixin, unittest.TestCase):
         decodes, decrypts with the recorded keys, and re-encodes and re-encrypts to the captured octets."""
         self.check(self, CHECKED_IN, _read_keys(CHECKED_IN_KEYS))
 
-    def test_checked_in_capture_has_a_retransmission(self):
-        """The checked-in capture holds one retransmitted QM1: strongSwan sends QM1 right behind AM3, the responder
-        drops it until Phase 1 is complete, and the initiator resends the same octets; the round trip skips it."""
-        found = _isakmp_messages(_read_udp(CHECKED_IN))
-        self.assertEqual(len(found), 19)
-        self.assertEqual(len({data for _, data in found}), 18)
+    def test_checked_in_capture_is_complete(self):
+        """The checked-in capture holds the 15 messages of both exchanges, each once, and the end marker."""
+        datagrams = _read_udp(CHECKED_IN)
+        found = _isakmp_messages(datagrams)
+        self.assertEqual(len(found), 15)
+        self.assertEqual(len({data for _, data in found}), 15)
+        self.assertEqual(datagrams[-1].payload, sw.SENTINEL)
+
+    def test_retransmission_is_left_out(self):
+        """A datagram resent with the same octets (as strongSwan resends QM1 when the responder dropped it while
+        Phase 1 was incomplete) is checked but not decrypted twice, so the IV chain stays right."""
+        datagrams = _read_udp(CHECKED_IN)
+        qm1 = next(i for i, (d, data) in enumerate(_isakmp_messages(datagrams)) if data[18] == QM and i > 9)
+        ikes = [d for d in datagrams if d.payload != sw.SENTINEL]
+        path = self.mktemp()
+        pcap.write_pcap(path, ikes[: qm1 + 1] + [ikes[qm1]] + ikes[qm1 + 1 :])
+        self.assertEqual(len(_isakmp_messages(_read_udp(path))), 16)
+        keys = _read_keys(CHECKED_IN_KEYS)
+        self.assertEqual(self.round_trip(path, keys), self.round_trip(CHECKED_IN, keys))
 
     def test_wrong_key_fails(self):
         """A wrong key makes the round trip fail: the check does decrypt what it compares."""

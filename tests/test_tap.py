@@ -90,10 +90,8 @@ class MakeServiceTests(unittest.TestCase):
         self.patch(sys, "stderr", stderr)
         e = self.assertRaises(SystemExit, makeService, self.options(path))
         self.assertEqual(e.code, os.EX_CONFIG)
-        self.assertEqual(
-            stderr.getvalue(),
-            f"gdoi: configuration error: {path}: limits.max_datagram_size: got 10, expected an integer from 28 to 65535\n",
-        )
+        problem = "limits.max_datagram_size: got 10, expected an integer from 28 to 65535"
+        self.assertEqual(stderr.getvalue(), f"gdoi: configuration error: {path}: {problem}\n")
 
 
 class Client(DatagramProtocol):
@@ -102,6 +100,8 @@ class Client(DatagramProtocol):
 
 class ServiceTests(unittest.TestCase):
     """GDOIService on real loopback sockets with the running trial reactor."""
+
+    timeout = 5  # seconds: a datagram that never reaches the dispatcher fails the test rather than hanging it
 
     def start(self, text: str, dispatcher=None) -> GDOIService:
         service = GDOIService(load_config(write_config(self, text)), reactor, dispatcher)

@@ -25,7 +25,6 @@ already adopted, so drop it.  Our own retransmissions resend the stored datagram
 with a chain that has moved on.
 """
 
-import hashlib
 import struct
 
 import attrs
@@ -36,16 +35,18 @@ try:  # cryptography 43 and later keep 3DES among the "decrepit" algorithms
 except ImportError:  # pragma: no cover (cryptography 42)
     TripleDES = algorithms.TripleDES
 
-from gdoiserver.codec.constants import DOI, Flags, NotifyType, OakleyEncryption, OakleyHash
+from gdoiserver.codec.constants import DOI, Flags, NotifyType, OakleyEncryption
 from gdoiserver.codec.errors import DecodeError, EncodeError
 from gdoiserver.codec.message import Message
 from gdoiserver.codec.payload import Context
+from gdoiserver.crypto.prf import hash_algorithm as _hash_algorithm
 
 
-class UnsupportedAlgorithm(ValueError):
-    """An Oakley encryption algorithm, key length or hash algorithm that this module does not implement.
+class UnsupportedCipher(ValueError):
+    """An Oakley encryption algorithm or key length that this module does not implement.
 
-    Raised when a cipher or chain is set up (negotiation or configuration), never while decoding bytes.
+    Raised when a cipher is chosen (negotiation or configuration), never while decoding bytes.  An unsupported
+    hash raises :class:`gdoiserver.crypto.errors.UnsupportedHash`, also a ValueError.
     """
 
 
@@ -99,33 +100,16 @@ CIPHERS: dict[tuple[int, int], CipherSpec] = {
 def cipher_for(encryption_algorithm: int, key_length: int | None = None) -> CipherSpec:
     """The cipher named by a Phase 1 Encryption Algorithm attribute and its Key Length attribute (in bits)."""
     if encryption_algorithm == OakleyEncryption.DES_CBC:
-        raise UnsupportedAlgorithm("DES-CBC (Oakley encryption algorithm 1) is not supported: its 56-bit key is broken")
+        raise UnsupportedCipher("DES-CBC (Oakley encryption algorithm 1) is not supported: its 56-bit key is broken")
     if key_length is None:
         if encryption_algorithm == _AES:
-            raise UnsupportedAlgorithm("AES-CBC needs a Key Length attribute (RFC 3602 section 5.3)")
+            raise UnsupportedCipher("AES-CBC needs a Key Length attribute (RFC 3602 section 5.3)")
         if encryption_algorithm == _3DES:
             key_length = 192  # a fixed-length cipher: no Key Length attribute
     spec = CIPHERS.get((encryption_algorithm, key_length))
     if spec is None:
-        raise UnsupportedAlgorithm(f"Oakley encryption algorithm {encryption_algorithm} with key length {key_length}")
+        raise UnsupportedCipher(f"Oakley encryption algorithm {encryption_algorithm} with key length {key_length}")
     return spec
-
-
-#: Oakley hash algorithm -> hashlib name (RFC 2409 appendix A, RFC 4868 section 2.1).
-_HASHES = {
-    OakleyHash.MD5: "md5",
-    OakleyHash.SHA: "sha1",
-    OakleyHash.SHA2_256: "sha256",
-    OakleyHash.SHA2_384: "sha384",
-    OakleyHash.SHA2_512: "sha512",
-}
-
-
-def _hash(hash_algorithm: int, data: bytes) -> bytes:
-    name = _HASHES.get(hash_algorithm)
-    if name is None:
-        raise UnsupportedAlgorithm(f"Oakley hash algorithm {hash_algorithm}")
-    return hashlib.new(name, data).digest()
 
 
 def phase1_iv(hash_algorithm: int, gxi: bytes, gxr: bytes, block_size: int) -> bytes:
@@ -133,13 +117,13 @@ def phase1_iv(hash_algorithm: int, gxi: bytes, gxr: bytes, block_size: int) -> b
 
     ``gxi`` and ``gxr`` are the Key Exchange Data of the initiator's and the responder's KE payloads as sent.
     """
-    return _hash(hash_algorithm, gxi + gxr)[:block_size]
+    return _hash_algorithm(hash_algorithm).hash(gxi, gxr)[:block_size]
 
 
 def phase2_iv(hash_algorithm: int, last_phase1_block: bytes, message_id: int, block_size: int) -> bytes:
     """The IV of the first message of a Phase 2 or Informational exchange: hash(last Phase 1 CBC output block |
     M-ID), truncated to the block size; the M-ID is the header's four octets in network order."""
-    return _hash(hash_algorithm, last_phase1_block + struct.pack("!I", message_id))[:block_size]
+    return _hash_algorithm(hash_algorithm).hash(last_phase1_block, struct.pack("!I", message_id))[:block_size]
 
 
 def pad(body: bytes, block_size: int) -> bytes:
@@ -160,7 +144,7 @@ def encrypt_message(
     if not message.payloads:
         raise EncodeError("an encrypted message needs at least one payload")
     ciphertext = cipher.encrypt(key, iv, pad(message.body(ctx), cipher.block_size))
-    header = attrs.evolve(message, flags=message.flags).header_bytes(len(ciphertext))
+    header = attrs.evolve(message, flags=int(message.flags | Flags.ENCRYPTION)).header_bytes(len(ciphertext))
     return header + ciphertext, ciphertext[-cipher.block_size :]
 
 
@@ -196,8 +180,7 @@ class IVChain:
             raise ValueError(f"{self.cipher.name} needs a {self.cipher.key_size}-octet key, not {len(self.key)}")
         if len(self.iv) != self.cipher.block_size:
             raise ValueError(f"{self.cipher.name} needs a {self.cipher.block_size}-octet IV, not {len(self.iv)}")
-        if self.hash_algorithm not in _HASHES:
-            raise UnsupportedAlgorithm(f"Oakley hash algorithm {self.hash_algorithm}")
+        _hash_algorithm(self.hash_algorithm)  # an unsupported hash raises UnsupportedHash here, not later
 
     @classmethod
     def phase1(cls, cipher: CipherSpec, key: bytes, hash_algorithm: int, gxi: bytes, gxr: bytes) -> "IVChain":

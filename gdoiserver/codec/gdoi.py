@@ -40,7 +40,6 @@ class KEKAttr(enum.IntEnum):
     SIG_ALGORITHM = 6
     SIG_KEY_LENGTH = 7
     KE_OAKLEY_GROUP = 8
-    KEK_INTEGRITY_ALGORITHM = 9
 
 
 class KEKManagementAlgorithm(enum.IntEnum):
@@ -495,6 +494,9 @@ class GroupSA:
         return cls(doi, situation, payloads)
 
     def encode_body(self, ctx: Context) -> bytes:
+        for p in self.payloads:
+            if p.payload_type not in SA_ATTRIBUTE_PAYLOADS:
+                raise EncodeError(f"payload type {p.payload_type} cannot go inside a GDOI SA")
         first = self.payloads[0].payload_type if self.payloads else 0
         return _pack("!IIHH", self.doi, self.situation, first, 0) + encode_chain(self.payloads, ctx)
 

@@ -79,7 +79,7 @@ class ISAKMPProtocol(DatagramProtocol):
         if len(data) > self.max_datagram_size:
             self.counters["oversize"] += 1
             self.log.info(
-                "dropped a datagram of {length} octets from {source}: limits.max_datagram_size is {limit}",
+                "dropped a datagram from {source} longer than limits.max_datagram_size ({limit} octets)",
                 length=len(data), source=source, limit=self.max_datagram_size,
             )
             return
@@ -93,7 +93,7 @@ class ISAKMPProtocol(DatagramProtocol):
             self.counters[f"malformed.{e.notify.name}"] += 1
             self.log.info(
                 "dropped a malformed datagram from {source} ({length} octets, header {header}): {error}",
-                source=source, length=len(data), header=data[:LOGGED_PREFIX].hex(), notify=e.notify.name, error=e,
+                source=source, length=len(data), header=data[:LOGGED_PREFIX].hex(), notify=e.notify.name, error=str(e),
             )
             return
         self.counters["decoded"] += 1

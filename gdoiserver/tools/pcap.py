@@ -26,8 +26,6 @@ _LINK_HEADERS = {LINKTYPE_ETHERNET: (14, 12), LINKTYPE_LINUX_SLL: (16, 14), LINK
 
 #: RFC 3947 section 4: IKE and UDP-encapsulated ESP (RFC 3948) share this port once NAT-T is in use.
 NAT_T_PORT = 4500
-#: RFC 3948 section 2.3: a NAT-keepalive packet is one octet of 0xFF.
-NAT_KEEPALIVE = b"\xff"
 
 
 @attrs.frozen
@@ -410,7 +408,7 @@ def isakmp_messages(datagrams, ports=(500, 848, NAT_T_PORT)):
             continue
         data = d.payload
         if port == NAT_T_PORT:
-            if data == NAT_KEEPALIVE or data[:4] != NON_ESP_MARKER:
+            if data[:4] != NON_ESP_MARKER:  # ESP or a NAT-keepalive (one octet 0xFF)
                 continue
             data = data[4:]
         yield d, data

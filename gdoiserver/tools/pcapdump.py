@@ -32,7 +32,7 @@ def message_doi(d: Datagram, doi: int | None = None) -> int:
     """The DOI to read a message under: ``doi`` if given, else GDOI on the GDOI port and the IPsec DOI elsewhere."""
     if doi is not None:
         return doi
-    return DOI.IPSEC
+    return DOI.GDOI if GDOI_PORT in (d.sport, d.dport) else DOI.IPSEC
 
 
 def _error(e: DecodeError) -> dict:

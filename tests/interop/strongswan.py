@@ -158,7 +158,8 @@ def prepare(workdir, sides=(RESPONDER, INITIATOR), profiles=("psk",), files=None
     out = {}
     for side in sides:
         d = workdir / side
-        for sub in ("x509", "x509ca", "private"):
+        for sub in ("x509", "x509ca", "private", "x509crl", "x509ocsp", "x509aa", "x509ac", "pubkey", "rsa", "ecdsa",
+                    "bliss", "pkcs8", "pkcs12"):  # the folders swanctl --load-all reads
             (d / sub).mkdir(parents=True, exist_ok=True)
         subs = {"@DIR@": str(d), **(substitutions or {})}
         conf = (CONFIGS / f"{side}.strongswan.conf").read_text()
