@@ -370,7 +370,8 @@ class GoldenPayloadTests(SynchronousTestCase):
 
     def test_group_sa(self):
         """A GDOI SA decodes DOI, Situation and the SA attribute payloads its Payload Length covers."""
-        body = SA_HEAD + generic(PayloadType.GAP, SAK_BODY) + generic(PayloadType.SAT, GAP_BODY) + generic(0, SAT_ESP_BODY)
+        body = (SA_HEAD + generic(PayloadType.GAP, SAK_BODY) + generic(PayloadType.SAT, GAP_BODY)
+                + generic(0, SAT_ESP_BODY))
         p = self.roundtrip(PayloadType.SA, body)
         self.assertIsInstance(p, GroupSA)
         self.assertEqual((p.doi, p.situation), (2, 0))
@@ -433,9 +434,11 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(m.encode(PUSH), PUSH_MESSAGE)
 
     def pull_messages(self):
+        """GROUPKEY-PULL messages 1 to 4 (RFC 6407 section 3.2), unencrypted."""
         cookies = (b"\x0a" * 8, b"\x0b" * 8)
         sa = GroupSA(payloads=(SAK_OBJ, GAP((Attribute(1, 30),)), SAT(1, ESP_TEK), SAT(2, AH_TEK)))
-        kd = KD(KD_OBJ.key_packets + (KeyPacket(KeyPacketType.SID, b"", (Attribute(1, 16), Attribute(2, b"\0\0\0\1"))),))
+        sid = KeyPacket(KeyPacketType.SID, b"", (Attribute(1, 16), Attribute(2, b"\0\0\0\1")))
+        kd = KD(KD_OBJ.key_packets + (sid,))
         return [
             Message(*cookies, 32, 0, 7, (Hash(b"\x01" * 32), Nonce(b"\x02" * 16), group_id(1234))),
             Message(*cookies, 32, 0, 7, (Hash(b"\x03" * 32), Nonce(b"\x04" * 16), sa)),
@@ -488,6 +491,11 @@ class RefusalTests(SynchronousTestCase):
     def test_sa_foreign_payload(self):
         """A payload other than SAK, SAT or GAP inside a GDOI SA is INVALID-PAYLOAD-TYPE."""
         body = h("00000002 00000000 0012 0000") + generic(0, SEQ_BODY)
+        self.assertNotify(NotifyType.INVALID_PAYLOAD_TYPE, PayloadType.SA, body)
+
+    def test_sa_one_octet_next_payload(self):
+        """An SA Attribute Next Payload written as one octet then three zeros reads as type 0x0f00: refused."""
+        body = h("00000002 00000000 0f00 0000") + generic(0, SAK_BODY)
         self.assertNotify(NotifyType.INVALID_PAYLOAD_TYPE, PayloadType.SA, body)
 
     def test_sa_attribute_overrun(self):
@@ -566,7 +574,8 @@ FIXED = {IDType.IPV4_ADDR: 4, IDType.IPV4_ADDR_SUBNET: 8, IDType.IPV4_ADDR_RANGE
          IDType.IPV6_ADDR_SUBNET: 32, IDType.IPV6_ADDR_RANGE: 32}
 selectors = st.one_of(
     st.sampled_from(sorted(FIXED)).flatmap(
-        lambda t: st.builds(Selector, st.just(t), st.integers(0, 0xFFFF), st.binary(min_size=FIXED[t], max_size=FIXED[t]))),
+        lambda t: st.builds(Selector, st.just(t), st.integers(0, 0xFFFF),
+                            st.binary(min_size=FIXED[t], max_size=FIXED[t]))),
     st.builds(Selector, st.sampled_from([2, 3, 9, 11, 13, 200]), st.integers(0, 0xFFFF), st.binary(max_size=40)),
 )
 u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
@@ -584,7 +593,8 @@ gaps = st.builds(GAP, attributes)
 key_packets = st.builds(KeyPacket, st.sampled_from([1, 2, 3, 4, 200]), st.binary(max_size=20), attributes)
 kds = st.builds(KD, st.lists(key_packets, max_size=4).map(tuple))
 group_sas = st.builds(GroupSA, st.just(2), st.just(0), st.lists(st.one_of(saks, gaps, sats), max_size=4).map(tuple))
-gdoi_payloads = st.one_of(saks, sats, gaps, kds, group_sas, st.builds(SEQ, u32), st.builds(POP, st.binary(min_size=1, max_size=40)))
+pops = st.builds(POP, st.binary(min_size=1, max_size=40))
+gdoi_payloads = st.one_of(saks, sats, gaps, kds, group_sas, st.builds(SEQ, u32), pops)
 contexts = st.sampled_from([PULL, PUSH, PUSH_3547])
 
 

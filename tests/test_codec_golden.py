@@ -194,8 +194,8 @@ SA_PHASE2_OBJECT = SA(DOI.IPSEC, Situation.IDENTITY_ONLY, (
 
 # Identification payloads in the IPsec DOI's layout (RFC 2407 sections 4.6.2.1 - 4.6.2.12):
 # (name, hex, expected object, what Identification.value() reads).
-DN_GW = bytes.fromhex("300d310b3009060355040313" "02" "6777"[:0]) if False else bytes.fromhex(
-    "300d310b300906035504030c026777")  # DER Name: SEQUENCE { SET { SEQUENCE { id-at-commonName, UTF8 "gw" } } }
+#: A DER Name, CN=gw: SEQUENCE { SET { SEQUENCE { id-at-commonName, UTF8String "gw" } } }.
+DN_GW = bytes.fromhex("300d310b300906035504030c026777")
 IDENTIFICATIONS = [
     ("ID_IPV4_ADDR", """
 00 00 00 0c         # Next Payload, RESERVED, Payload Length: 12
@@ -446,6 +446,10 @@ af ca d7 13 68 a1 f1 c9 6b 86 96 fc 77 57 01 00  # DPD
 """
 
 
+def _fixture(name: str) -> str:
+    return next(text for n, _, text, _ in PAYLOADS if n == name)
+
+
 def _one(ptype, data, ctx=None):
     payloads, end = decode_chain(ptype, data, ctx or Context())
     assert end == len(data)
@@ -489,6 +493,14 @@ class PayloadGoldenTests(unittest.TestCase):
             (decoded,) = _one(PayloadType.ID, unhex(text))
             self.assertEqual(decoded.value(), value, name)
 
+    def test_identification_value_errors(self):
+        """value() refuses a subnet mask with holes and a name that is not ASCII, with INVALID-ID-INFORMATION."""
+        holes = Identification(IDType.IPV4_ADDR_SUBNET, 0, 0, bytes.fromhex("0a010000" "ff00ff00"))
+        e = self.assertRaises(DecodeError, holes.value)
+        self.assertEqual(e.notify, NotifyType.INVALID_ID_INFORMATION)
+        e = self.assertRaises(DecodeError, Identification(IDType.FQDN, 0, 0, b"gw.\xe9xample.org").value)
+        self.assertEqual(e.notify, NotifyType.INVALID_ID_INFORMATION)
+
     def test_identification_of(self):
         """Identification.of() builds the same objects the fixtures decode to."""
         by_name = {name: expected for name, _, expected, _ in IDENTIFICATIONS}
@@ -508,14 +520,14 @@ class PayloadGoldenTests(unittest.TestCase):
 
     def test_notification_fields(self):
         """The R-U-THERE fixture carries its SPI and its 4-octet sequence number apart (RFC 3706 section 5)."""
-        (n,) = _one(PayloadType.N, unhex(PAYLOADS[9][2]))
+        (n,) = _one(PayloadType.N, unhex(_fixture("N R-U-THERE")))
         self.assertEqual((n.doi, n.protocol_id, n.notify_type), (DOI.IPSEC, ProtocolID.ISAKMP, NotifyType.R_U_THERE))
         self.assertEqual(n.spi, CKY_I + CKY_R)
         self.assertEqual(int.from_bytes(n.data, "big"), 0x2A3B4C5D)
 
     def test_delete_fields(self):
         """Delete payloads keep their SPI size, also when they carry no SPI."""
-        (d,) = _one(PayloadType.D, unhex(PAYLOADS[12][2]))
+        (d,) = _one(PayloadType.D, unhex(_fixture("D ESP")))
         self.assertEqual((d.protocol_id, d.spi_size, len(d.spis)), (ProtocolID.IPSEC_ESP, 4, 2))
         empty = Delete(DOI.IPSEC, ProtocolID.IPSEC_ESP, (), 4)
         data = encode_chain((empty,))
@@ -538,7 +550,8 @@ class MessageGoldenTests(unittest.TestCase):
     def test_header(self):
         """The ISAKMP header's fields (RFC 2408 section 3.1) as decode_header returns them."""
         data = unhex(MM1)
-        self.assertEqual(decode_header(data), (CKY_I, bytes(8), PayloadType.SA, 0x10, ExchangeType.MAIN_MODE, 0, 0, 132))
+        fields = (CKY_I, bytes(8), PayloadType.SA, 0x10, ExchangeType.MAIN_MODE, 0, 0, 132)
+        self.assertEqual(decode_header(data), fields)
 
     def test_header_alone(self):
         """A message without payloads is the 28-octet header with Next Payload 0."""
@@ -548,7 +561,7 @@ class MessageGoldenTests(unittest.TestCase):
 00                  # Next Payload: none
 10                  # MjVer 1, MnVer 0
 05                  # Exchange Type: Informational
-03                  # Flags: Encryption is not set; Commit and Authentication Only are
+06                  # Flags: Commit (0x02) and Authentication Only (0x04); Encryption (0x01) clear
 de ad be ef         # Message ID
 00 00 00 1c         # Length: 28
 """)

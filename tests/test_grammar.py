@@ -156,6 +156,24 @@ class AcceptTests(unittest.TestCase):
         self.assertGreater(checked, 20)
 
 
+    def test_strongswan_capture_accepted(self):
+        """Every message of the checked-in strongSwan capture, decrypted, fits its rule: Main Mode, Aggressive Mode
+        (strongSwan puts HASH_R after the NAT-Ds: RFC 2409 section 5 allows any order) and Quick Mode."""
+        from tests import test_strongswan_capture as capture
+
+        class Reader(capture.CaptureMixin, unittest.TestCase):
+            def runTest(self):
+                pass
+
+        messages = Reader().round_trip(capture.CHECKED_IN, capture._read_keys(capture.CHECKED_IN_KEYS))
+        numbers = {}
+        for _, m in messages:
+            key = (m.initiator_cookie, m.exchange_type, m.message_id)
+            numbers[key] = numbers.get(key, 0) + 1
+            check(m, rule_for(m.exchange_type, numbers[key], variant=PSK))
+        self.assertEqual(len(messages), 15)
+
+
 class RejectTests(unittest.TestCase):
     def test_rejected_shapes(self):
         """Wrong order, missing, repeated and unexpected payloads raise DecodeError with RFC 2408's Notify."""

@@ -77,7 +77,8 @@ def idb(linktype, order="<", tsresol=None, tsoffset=None, snaplen=0) -> bytes:
 
 def epb(iface, ts, frame, order="<") -> bytes:
     # interface ID, timestamp (high, low), captured length, original length, packet data
-    return _block(order, 6, struct.pack(order + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame)) + frame)
+    header = struct.pack(order + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(frame), len(frame))
+    return _block(order, 6, header + frame)
 
 
 def spb(frame, order="<", original=None) -> bytes:
@@ -419,6 +420,24 @@ class DamagedCaptureTests(unittest.TestCase):
             return
         for d in got:
             self.assertIsInstance(d, Datagram)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.sampled_from(range(2)), st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=4),
+           st.integers(0, 2**16))
+    def test_mangled_files_raise_only_capture_error(self, which, changes, cut):
+        """A valid pcap or pcapng file with a few octets changed and maybe cut short reads or raises CaptureError."""
+        data = bytearray([
+            pcap([(T0, 1, ether(0x0800, ip_udp_packet(D4), vlans=[(0x8100, 1)])),
+                  (T0, 2, ether(0x86DD, ip_udp_packet(D6)))], linktype=1),
+            shb() + idb(1) + idb(276, tsresol=9, tsoffset=1) + epb(1, 5, sll2(0x86DD, ip_udp_packet(D6)))
+            + _block("<", 4, b"\0\0\0\0") + spb(ether(0x0800, ip_udp_packet(D4))),
+        ][which])
+        for where, value in changes:
+            data[where % len(data)] = value
+        try:
+            read_bytes(bytes(data[: cut % (len(data) + 1)]))
+        except CaptureError:
+            pass
 
     @settings(max_examples=200, deadline=None)
     @given(st.sampled_from([1, 101, 113, 276]), st.binary(max_size=120), st.integers(0, 119), st.integers(0, 255))

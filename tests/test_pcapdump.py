@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import subprocess
@@ -23,9 +24,12 @@ from gdoiserver.codec import (
     Nonce,
     Proposal,
     Transform,
+    UnknownPayload,
     VendorID,
 )
-from gdoiserver.tools import pcapdump
+from gdoiserver.codec.constants import IDType
+from gdoiserver.codec.gdoi import GAP, GroupSA
+from gdoiserver.tools import jsonview, pcapdump
 from gdoiserver.tools.pcap import Datagram, write_pcap
 from tests import tshark
 
@@ -127,6 +131,15 @@ class PcapdumpTests(unittest.TestCase):
         self.assertEqual(line["payloads"][2]["data"], (1234).to_bytes(4, "big").hex())
         status, [line], _ = self.run_main(path, "--doi", "1")
         self.assertEqual((status, line["doi"], line["exchange"]), (0, 1, "QUICK_MODE"))
+
+    def test_gdoi_payloads_show(self):
+        """The GDOI codec's payloads show without code of their own in the view: a GDOI SA with a GAP inside it."""
+        sa = GroupSA(payloads=(GAP((Attribute(1, 30),)),))  # GAP: ACTIVATION_TIME_DELAY 30 s (RFC 6407 5.7)
+        pull2 = Message(ICOOKIE, RCOOKIE, 32, 0, 9, (Hash(bytes(32)), Nonce(bytes(range(16))), sa))
+        status, [line], _ = self.run_main(self.capture([datagram(pull2.encode(), 848, 848)]))
+        self.assertEqual((status, line["chain"]), (0, ["HASH", "NONCE", "SA"]))
+        self.assertEqual(line["payloads"][2], {"payload": "SA", "doi": 2, "situation": 0, "payloads": [
+            {"payload": "GAP", "attributes": [{"type": 1, "value": 30, "form": "TV"}]}]})
 
     def test_malformed_message(self):
         """A message that does not decode gives a line with the Notify name, reason and offset, and exit 1; the
@@ -245,6 +258,60 @@ class PcapdumpTests(unittest.TestCase):
         self.assertEqual([o[:4] for o in ours], [t[:4] for t in theirs])
         self.assertEqual([o[4] for o in ours], ["SA", "ID", "HASH"])
         self.assertEqual([t[4] for t in theirs], [1, 5, 8])
+
+
+class JsonViewTests(unittest.TestCase):
+    def test_exchange_names_depend_on_the_doi(self):
+        """Exchanges 32 and 33 are Quick Mode and New Group Mode under DOI 1, GROUPKEY-PULL and -PUSH under DOI 2;
+        numbers without a name stay numbers."""
+        self.assertEqual([jsonview.exchange_name(x, 1) for x in (2, 4, 5, 32, 33, 240)],
+                         ["IDENTITY_PROTECTION", "AGGRESSIVE", "INFORMATIONAL", "QUICK_MODE", "NEW_GROUP_MODE", 240])
+        self.assertEqual([jsonview.exchange_name(x, 2) for x in (32, 33, 5)],
+                         ["GROUPKEY_PULL", "GROUPKEY_PUSH", "INFORMATIONAL"])
+
+    def test_flags_and_payload_type_names(self):
+        """Flags are listed by name, unknown bits as a number; payload types by name, else by number."""
+        self.assertEqual(jsonview.flag_names(0), [])
+        self.assertEqual(jsonview.flag_names(0x05), ["ENCRYPTION", "AUTHENTICATION_ONLY"])
+        self.assertEqual(jsonview.flag_names(0x82), ["COMMIT", 0x80])
+        self.assertEqual([jsonview.payload_type_name(t) for t in (1, 15, 20, 199)], ["SA", "SAK", "NAT_D", 199])
+
+    def test_any_attrs_payload_is_walked(self):
+        """A payload class the view has never heard of (as the GDOI payloads are) shows all its fields: octets as
+        hex, nested attrs objects and tuples recursively, attributes with their form, IntEnums as numbers, and
+        other values (addresses) as strings."""
+        view = jsonview.payload_view(_Outer(7, b"\x01\xff", (_Inner(b"k", Attribute(4, 14)), _Inner(b"", None)),
+                                            IDType.KEY_ID, ipaddress.ip_address("192.0.2.9")))
+        self.assertEqual(json.loads(json.dumps(view)), view)
+        self.assertEqual(view, {
+            "payload": "KD",
+            "number": 7,
+            "blob": "01ff",
+            "items": [{"key": "6b", "attribute": {"type": 4, "value": 14, "form": "TV"}},
+                      {"key": "", "attribute": None}],
+            "kind": 11,
+            "address": "192.0.2.9",
+        })
+
+    def test_unknown_payload(self):
+        """A payload of a type the registry does not know shows its number and its body in hex."""
+        self.assertEqual(jsonview.payload_view(UnknownPayload(201, b"\x00\x01")), {"payload": 201, "body": "0001"})
+
+
+@attrs.frozen
+class _Inner:
+    key: bytes
+    attribute: Attribute | None
+
+
+@attrs.frozen
+class _Outer:
+    payload_type: ClassVar[int] = 17
+    number: int
+    blob: bytes
+    items: tuple
+    kind: int
+    address: object
 
 
 _PRIVATE_DOI = 65535  # no DOI of the codec's; a test-only payload class lives under it

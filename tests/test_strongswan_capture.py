@@ -145,7 +145,7 @@ def _read_keys(path) -> dict:
 
 
 def _write_keys(path, keys: dict) -> None:
-    lines = ["# <initiator cookie>,<encryption key Ka> per IKE SA: tshark's uat:ikev1_decryption_table form"]
+    lines = ["# <initiator cookie>,<encryption key Ka> per IKE SA; tshark -o uat:ikev1_decryption_table:<line>"]
     lines += [f"{cookie.hex()},{key.hex()}" for cookie, key in keys.items()]
     Path(path).write_text("\n".join(lines) + "\n")
 
@@ -188,13 +188,12 @@ class _IKESA:
 
 
 def _chain(message) -> str:
-    names = [PayloadType(p.payload_type).name for p in message.payloads]
+    """The payload types in order, by their RFC names; a run of Vendor IDs is "VID+"."""
     out = []
-    for n in names:
-        if n == "VID" and out and out[-1] in ("VID", "VID+"):
-            out[-1] = "VID+"
-        else:
-            out.append("VID+" if n == "VID" else n)
+    for p in message.payloads:
+        name = PayloadType(p.payload_type).name.replace("VID", "VID+")
+        if name != "VID+" or not out or out[-1] != "VID+":
+            out.append(name)
     return " ".join(out)
 
 
@@ -264,7 +263,8 @@ class CaptureMixin:
         self.assertEqual(len(proposal.spi), 4)
         self.assertEqual(_transform(qm1)[IPsecAttr.ENCAPSULATION_MODE], EncapsulationMode.UDP_ENCAPSULATED_TUNNEL)
         ids = [p for p in qm1.payloads if isinstance(p, Identification)]
-        self.assertEqual([(i.id_type, i.value()) for i in ids], [(IDType.IPV4_ADDR, ipaddress.ip_address("127.0.0.1"))] * 2)
+        loopback = (IDType.IPV4_ADDR, ipaddress.ip_address("127.0.0.1"))
+        self.assertEqual([(i.id_type, i.value()) for i in ids], [loopback, loopback])
 
 
 # ------------------------------------------------------------------------------------------------ live cases

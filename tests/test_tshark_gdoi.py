@@ -126,7 +126,8 @@ class TsharkGDOITests(SynchronousTestCase):
         (p,) = packets(pcap)
         seq, sa, kd, _ = m.payloads
         self.assertEqual(field_values(p, "isakmp.exchangetype"), ["33"])
-        self.assertEqual(field_values(p, "isakmp.ispi") + field_values(p, "isakmp.rspi"), hexes([KEK_SPI[:8], KEK_SPI[8:]]))
+        cookies = field_values(p, "isakmp.ispi") + field_values(p, "isakmp.rspi")
+        self.assertEqual(cookies, hexes([KEK_SPI[:8], KEK_SPI[8:]]))
         self.assertEqual(field_values(p, "isakmp.seq.seq"), [str(seq.sequence_number)])
         self.assertEqual(field_values(p, "isakmp.sa.next_attribute_payload"), ["00:0f"])
         self.assertEqual(field_values(p, "isakmp.sak.protoid"), ["17"])

@@ -55,6 +55,11 @@ class Attribute(NamedTuple):
 
 
 _new_attribute = tuple.__new__
+#: TV attributes seen on the wire, by their four octets, and the octets of TV attributes encoded.  SA payloads
+#: repeat the same few attributes, so both caches hit almost always; each is bounded, whatever peers send.
+_TV_DECODED: dict[bytes, Attribute] = {}
+_TV_ENCODED: dict[Attribute, bytes] = {}
+_CACHE_LIMIT = 4096
 
 
 def decode_attributes(data: bytes, start: int = 0, end: int | None = None) -> tuple[Attribute, ...]:
@@ -65,37 +70,53 @@ def decode_attributes(data: bytes, start: int = 0, end: int | None = None) -> tu
     add = out.append
     pos = start
     unpack = _HDR.unpack_from
-    new = _new_attribute
+    cached = _TV_DECODED.get
     while pos < end:
+        a = cached(data[pos : pos + 4])
+        if a is not None:
+            add(a)
+            pos += 4
+            continue
         if end - pos < 4:
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "truncated data attribute", pos)
         t, v = unpack(data, pos)
         pos += 4
         if t & 0x8000:
-            add(new(Attribute, (t & 0x7FFF, v)))
+            a = _new_attribute(Attribute, (t & 0x7FFF, v))
+            if len(_TV_DECODED) < _CACHE_LIMIT:
+                _TV_DECODED[bytes(data[pos - 4 : pos])] = a
+            add(a)
         else:
             if v > end - pos:
                 raise DecodeError(NotifyType.PAYLOAD_MALFORMED, f"attribute {t} length {v} overruns", pos - 2)
-            add(new(Attribute, (t, bytes(data[pos : pos + v]))))
+            add(_new_attribute(Attribute, (t, bytes(data[pos : pos + v]))))
             pos += v
     return tuple(out)
+
+
+def _encode_one(a) -> bytes:
+    if not 0 <= a.type <= 0x7FFF:
+        raise EncodeError(f"attribute type {a.type} out of range")
+    try:
+        if isinstance(a.value, int):
+            return _HDR.pack(a.type | _AF, a.value)
+        return _HDR.pack(a.type, len(a.value)) + a.value
+    except struct.error as e:
+        raise EncodeError(f"attribute {a.type}: value out of range: {e}") from None
 
 
 def encode_attributes(attributes) -> bytes:
     """Encode attributes in order, each in the form its value's type gives."""
     parts = []
-    pack = _HDR.pack
-    try:
-        for a in attributes:
-            if a.type > 0x7FFF or a.type < 0:
-                raise EncodeError(f"attribute type {a.type} out of range")
-            if isinstance(a.value, int):
-                parts.append(pack(a.type | _AF, a.value))
-            else:
-                parts.append(pack(a.type, len(a.value)))
-                parts.append(a.value)
-    except struct.error as e:
-        raise EncodeError(f"attribute value out of range: {e}") from None
+    add = parts.append
+    cached = _TV_ENCODED.get
+    for a in attributes:
+        b = cached(a)
+        if b is None:
+            b = _encode_one(a)
+            if type(a.value) is int and type(a) is Attribute and len(_TV_ENCODED) < _CACHE_LIMIT:
+                _TV_ENCODED[a] = b
+        add(b)
     return b"".join(parts)
 
 

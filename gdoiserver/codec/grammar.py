@@ -137,11 +137,16 @@ ANY = None
 _MM1 = Rule("HDR, SA", "RFC 2409 section 5", CLEAR, (one(P.SA),), PHASE1_EXTRAS)
 _MM3 = Rule("HDR, KE, Ni, [NAT-D, NAT-D]", "RFC 2409 section 5; RFC 3947 section 3.2", CLEAR,
             body=(one(P.KE), one(P.NONCE, "Ni"), NAT_D, *PHASE1_EXTRAS))
-_MM4 = attrs.evolve(_MM3, name="HDR, KE, Nr, [NAT-D, NAT-D]")
+_MM4 = Rule("HDR, KE, Nr, [NAT-D, NAT-D]", "RFC 2409 section 5; RFC 3947 section 3.2", CLEAR,
+            body=(one(P.KE), one(P.NONCE, "Nr"), NAT_D, *PHASE1_EXTRAS))
 _MM5_PSK = Rule("HDR*, IDii, HASH_I", "RFC 2409 section 5.4", ENCRYPTED,
                 body=(one(P.ID, "IDii"), one(P.HASH, "HASH_I"), some(P.N), *PHASE1_EXTRAS))
+_MM6_PSK = Rule("HDR*, IDir, HASH_R", "RFC 2409 section 5.4", ENCRYPTED,
+                body=(one(P.ID, "IDir"), one(P.HASH, "HASH_R"), some(P.N), *PHASE1_EXTRAS))
 _MM5_SIG = Rule("HDR*, IDii, [CERT,] SIG_I", "RFC 2409 section 5.1", ENCRYPTED,
                 body=(one(P.ID, "IDii"), some(P.CERT), one(P.SIG, "SIG_I"), some(P.N), *PHASE1_EXTRAS))
+_MM6_SIG = Rule("HDR*, IDir, [CERT,] SIG_R", "RFC 2409 section 5.1", ENCRYPTED,
+                body=(one(P.ID, "IDir"), some(P.CERT), one(P.SIG, "SIG_R"), some(P.N), *PHASE1_EXTRAS))
 _AM1 = Rule("HDR, SA, KE, Ni, IDii", "RFC 2409 section 5", CLEAR,
             (one(P.SA),), (one(P.KE), one(P.NONCE, "Ni"), one(P.ID, "IDii"), *PHASE1_EXTRAS))
 _AM2_PSK = Rule("HDR, SA, KE, Nr, IDir, HASH_R, [NAT-D, NAT-D]", "RFC 2409 section 5.4; RFC 3947 section 3.2",
@@ -171,10 +176,10 @@ _QM2 = Rule("HDR*, HASH(2), SA, Nr [, KE] [, IDci, IDcr] [, NAT-OAi, NAT-OAr]", 
             ENCRYPTED, (one(P.HASH, "HASH(2)"), either(P.SA, counts=range(1, MANY + 1), label="SA")), _QM_REST)
 _QM3 = Rule("HDR*, HASH(3)", "RFC 2409 section 5.5", ENCRYPTED, (one(P.HASH, "HASH(3)"),))
 # The responder that set the Commit bit ends the exchange with a CONNECTED notify (RFC 2408 section 3.1).
-_QM4 = Rule("HDR*, HASH(4), N(CONNECTED)", "RFC 2409 section 5.5", ENCRYPTED, (one(P.HASH, "HASH(4)"),), (one(P.N),))
+_QM4 = Rule("HDR*, HASH(4), N(CONNECTED)", "RFC 2408 section 3.1", ENCRYPTED, (one(P.HASH, "HASH(4)"),), (one(P.N),))
 
 # GROUPKEY-PULL (RFC 6407 section 3.2), HASH first as in Quick Mode.  POP_I and POP_R are SIG payloads in RFC 6407
-# and POP payloads in RFC 3547: either is accepted.  GAP carries SENDER_ID_REQUEST (RFC 6407 section 5.8).
+# and POP payloads in RFC 3547: either is accepted.  GAP asks for sender IDs (RFC 6407 section 5.7; RFC 6054).
 _POP = either(P.SIG, P.POP, counts=(0, 1), label="POP")
 _PULL1 = Rule("HDR*, HASH(1), Ni, ID", "RFC 6407 section 3.2", ENCRYPTED,
               (one(P.HASH, "HASH(1)"),), (one(P.NONCE, "Ni"), one(P.ID)))
@@ -195,9 +200,9 @@ RULES: dict[tuple[int, int | None, int, Variant | None], Rule] = {
     (MM, ANY, 3, None): _MM3,
     (MM, ANY, 4, None): _MM4,
     (MM, ANY, 5, PSK): _MM5_PSK,
-    (MM, ANY, 6, PSK): attrs.evolve(_MM5_PSK, name="HDR*, IDir, HASH_R"),
+    (MM, ANY, 6, PSK): _MM6_PSK,
     (MM, ANY, 5, SIGN): _MM5_SIG,
-    (MM, ANY, 6, SIGN): attrs.evolve(_MM5_SIG, name="HDR*, IDir, [CERT,] SIG_R"),
+    (MM, ANY, 6, SIGN): _MM6_SIG,
     (AM, ANY, 1, None): _AM1,
     (AM, ANY, 2, PSK): _AM2_PSK,
     (AM, ANY, 2, SIGN): _AM2_SIG,

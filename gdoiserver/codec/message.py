@@ -10,7 +10,7 @@ import attrs
 
 from gdoiserver.codec.constants import DOI, Flags, NotifyType
 from gdoiserver.codec.errors import DecodeError, EncodeError
-from gdoiserver.codec.payload import Context, decode_chain, encode_chain
+from gdoiserver.codec.payload import Context, context_for, decode_chain, encode_chain
 
 HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_SIZE = HEADER.size  # 28
@@ -61,7 +61,7 @@ class Message:
         return encode_chain(self.payloads, ctx or self.context()) + self.padding
 
     def context(self, doi: int = DOI.IPSEC) -> Context:
-        return Context(doi=doi, exchange_type=self.exchange_type)
+        return context_for(doi, self.exchange_type)
 
     def encode(self, ctx: Context | None = None) -> bytes:
         """The message on the wire.  The header's length and Next Payload follow from the body."""
@@ -85,7 +85,7 @@ class Message:
 
     def with_plaintext(self, plaintext: bytes, doi: int = DOI.IPSEC, ctx: Context | None = None) -> "Message":
         """This message with its decrypted body decoded; octets after the last payload are kept as padding."""
-        ctx = ctx or Context(doi=doi, exchange_type=self.exchange_type)
+        ctx = ctx or context_for(doi, self.exchange_type)
         payloads, end = decode_chain(self.next_payload, plaintext, ctx, allow_trailing=True)
         return attrs.evolve(self, payloads=payloads, ciphertext=None, padding=bytes(plaintext[end:]))
 
@@ -123,7 +123,7 @@ def decode_message(data: bytes, doi: int = DOI.IPSEC, ctx: Context | None = None
             raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "encrypted message with no body", HEADER_SIZE)
         return Message(icookie, rcookie, xchg, flags, mid, (), version >> 4, version & 15, bytes(data[HEADER_SIZE:]), nxt)
     if ctx is None:
-        ctx = Context(doi=doi, exchange_type=xchg)
+        ctx = context_for(doi, xchg)
     payloads, _ = decode_chain(nxt, data, ctx, HEADER_SIZE)
     return Message(icookie, rcookie, xchg, flags, mid, payloads, version >> 4, version & 15)
 

@@ -35,6 +35,15 @@ class Context:
 
 
 DEFAULT_CONTEXT = Context()
+_CONTEXTS: dict[tuple[int, int], Context] = {}
+
+
+def context_for(doi: int, exchange_type: int) -> Context:
+    """The default-format Context for (DOI, exchange type), made once and shared (contexts are immutable)."""
+    ctx = _CONTEXTS.get((doi, exchange_type))
+    if ctx is None:
+        ctx = _CONTEXTS[(doi, exchange_type)] = Context(doi, exchange_type)
+    return ctx
 
 
 class PayloadClass(Protocol):
@@ -152,16 +161,22 @@ def decode_chain(
 def encode_chain(payloads, ctx: Context = DEFAULT_CONTEXT) -> bytes:
     """Encode payloads as a generic chain; each header's Next Payload names the one after it."""
     parts = []
-    n = len(payloads)
+    add = parts.append
     pack = _GENERIC.pack
-    for i, p in enumerate(payloads):
-        body = p.encode_body(ctx)
+    following = [p.payload_type for p in payloads[1:]]
+    following.append(0)
+    for p, nxt in zip(payloads, following):
+        try:
+            body = p.encode_body(ctx)
+        except EncodeError:
+            raise
+        except (struct.error, ValueError, OverflowError) as e:
+            raise EncodeError(f"payload type {p.payload_type}: field out of range: {e}") from None
         length = len(body) + 4
         if length > 0xFFFF:
             raise EncodeError(f"payload type {p.payload_type} too long ({length} octets)")
-        nxt = payloads[i + 1].payload_type if i + 1 < n else 0
-        parts.append(pack(nxt, 0, length))
-        parts.append(body)
+        add(pack(nxt, 0, length))
+        add(body)
     return b"".join(parts)
 
 

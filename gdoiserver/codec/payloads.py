@@ -46,7 +46,7 @@ def _bytes_field(cls_name: str, ptype: int, field: str, min_len: int = 1, max_le
     def decode_body(cls, body, ctx):
         if not (min_len <= len(body) <= max_len):
             raise DecodeError(_MALFORMED, f"{cls_name} data of {len(body)} octets (expected {min_len}..{max_len})")
-        return cls(bytes(body))
+        return cls(body if type(body) is bytes else bytes(body))
 
     def encode_body(self, ctx):
         return getattr(self, field)
@@ -70,6 +70,17 @@ Nonce = _bytes_field(
 )
 VendorID = _bytes_field("VendorID", PayloadType.VID, "vendor_id", doc="Vendor ID payload (RFC 2408 section 3.16).")
 NATD = _bytes_field("NATD", PayloadType.NAT_D, "hash_of_address_and_port", doc="NAT-D payload (RFC 3947 3.2).")
+
+
+def _decode_nested_alone(cls, body):
+    """Decode a Proposal or Transform met outside an SA (the grammar refuses it later) from its body alone."""
+    framed = b"\0\0" + struct.pack("!H", len(body) + 4) + bytes(body)
+    try:
+        return cls.decode_at(framed, 0, len(framed))[0]
+    except DecodeError as e:
+        if e.offset is not None:
+            e.offset = max(0, e.offset - 4)
+        raise
 
 
 @register()
@@ -96,8 +107,7 @@ class Transform:
 
     @classmethod
     def decode_body(cls, body, ctx):
-        t, _, _ = cls.decode_at(b"\0\0" + struct.pack("!H", len(body) + 4) + bytes(body), 0, len(body) + 4)
-        return t
+        return _decode_nested_alone(cls, body)
 
     def encode_body(self, ctx):
         return struct.pack("!BBH", self.transform_number, self.transform_id, 0) + encode_attributes(self.attributes)
@@ -135,14 +145,15 @@ class Proposal:
             transforms.append(t)
         if tnext:
             raise DecodeError(_MALFORMED, "Transform chain ends early", tpos)
+        if not transforms:
+            raise DecodeError(NotifyType.BAD_PROPOSAL_SYNTAX, "a Proposal without Transforms", pos)
         if len(transforms) != count:
             raise DecodeError(NotifyType.BAD_PROPOSAL_SYNTAX, f"{count} transforms announced, {len(transforms)} sent")
         return cls(num, proto, spi, tuple(transforms)), nxt, stop
 
     @classmethod
     def decode_body(cls, body, ctx):
-        p, _, _ = cls.decode_at(b"\0\0" + struct.pack("!H", len(body) + 4) + bytes(body), 0, len(body) + 4)
-        return p
+        return _decode_nested_alone(cls, body)
 
     def encode_body(self, ctx):
         parts = [struct.pack("!BBBB", self.proposal_number, self.protocol_id, len(self.spi), len(self.transforms))]
@@ -190,6 +201,8 @@ class SA:
             proposals.append(p)
         if nxt:
             raise DecodeError(_MALFORMED, "Proposal chain ends early", pos)
+        if not proposals:
+            raise DecodeError(NotifyType.BAD_PROPOSAL_SYNTAX, "an SA without Proposals", 8)
         return cls(doi, situation, tuple(proposals))
 
     def encode_body(self, ctx):

@@ -375,7 +375,7 @@ def read_udp(source, notes=None):
     reason worth knowing (a fragment other than the first, a malformed header, an unsupported link type) and
     datagrams yielded incomplete (a first fragment, a short snapshot length) are reported by calling ``notes`` with
     a message, or as a :class:`CaptureWarning` when ``notes`` is None.  A file that cannot be read as a capture
-    raises :class:`CaptureError`.
+    raises :class:`CaptureError`.  pcapng Simple Packet Blocks carry no timestamp: their time is 0.0.
     """
     if not hasattr(source, "read"):
         with open(source, "rb") as f:

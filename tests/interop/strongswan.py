@@ -120,7 +120,8 @@ class Run:
                  if text.count("ESTABLISHED") < want or text.count("INSTALLED") < want}
         if bad or short:
             parts = [f"initiation of {i.ike} failed (rc {i.returncode}):\n{_tail(i.output, 15)}" for i in bad]
-            parts += [f"{side} lists fewer than {want} established/installed SAs:\n{text}" for side, text in short.items()]
+            parts += [f"{side} lists fewer than {want} ESTABLISHED/INSTALLED SAs:\n{text}"
+                      for side, text in short.items()]
             raise AssertionError("\n".join(parts) + "\n" + self.tails())
 
 
@@ -234,9 +235,11 @@ def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", 
 
 def _read_logs(workdir, strongswan, commands) -> dict:
     paths = {side: workdir / side / "charon.log" for side in strongswan}
+    paths.update({f"{side} stdout": workdir / side / "stdout.log" for side in strongswan})
     paths.update({c.name: workdir / f"{c.name}.log" for c in commands})
     paths["tcpdump"] = workdir / "tcpdump.log"
-    return {name: p.read_text(errors="replace") for name, p in paths.items() if p.exists()}
+    logs = {name: p.read_text(errors="replace") for name, p in paths.items() if p.exists()}
+    return {name: text for name, text in logs.items() if text or not name.endswith(" stdout")}
 
 
 #: "mm-psk: #1, ESTABLISHED, IKEv1, 79945120c451b177_i 5ea215d96fe09c68_r*"
@@ -271,7 +274,7 @@ def _tail(text: str, lines: int) -> str:
 
 
 def _tails(logs: dict, lines: int) -> str:
-    return "\n".join(f"--- last {lines} lines of the {name} log ---\n{_tail(text, lines)}" for name, text in logs.items())
+    return "\n".join(f"--- last {lines} lines of {name} ---\n{_tail(text, lines)}" for name, text in logs.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
