@@ -13,6 +13,7 @@ from gdoiserver.codec import (
     Attribute,
     Context,
     DecodeError,
+    Delete,
     EncodeError,
     Hash,
     Identification,
@@ -24,7 +25,7 @@ from gdoiserver.codec import (
     decode_message,
     encode_chain,
 )
-from gdoiserver.codec.constants import DOI, ExchangeType, IDType, NotifyType, PayloadType
+from gdoiserver.codec.constants import DOI, ExchangeType, IDType, IPsecAttr, NotifyType, PayloadType
 from gdoiserver.codec.gdoi import (
     GAP,
     KD,
@@ -32,6 +33,7 @@ from gdoiserver.codec.gdoi import (
     SAK,
     SAT,
     SEQ,
+    AddressPreservation,
     GAPAttr,
     GroupSA,
     IEC61850TEK,
@@ -39,6 +41,7 @@ from gdoiserver.codec.gdoi import (
     KEKAttr,
     KeyPacket,
     KeyPacketType,
+    SADirection,
     Selector,
     TEKProtocol,
     group_id,
@@ -157,6 +160,19 @@ SAT_AH_BODY = h("""
     8005 0005                 # Authentication Algorithm (TV): HMAC-SHA2-256
 """)
 
+SAT_ESP_GROUP_ATTRS_BODY = h("""
+    01                        # Protocol-ID: GDOI_PROTO_IPSEC_ESP
+    00                        # Protocol: any
+    01 0000 0004 0a000001     # SRC ID Type IPV4_ADDR, Port any, Data Len (2 octets) 4, 10.0.0.1
+    01 0000 0004 ef010101     # DST ID Type IPV4_ADDR, Port any, Data Len (2 octets) 4, 239.1.1.1
+    14                        # Transform ID: ESP_AES-GCM with a 16-octet ICV (20)
+    99887766                  # SPI
+    8004 0001                 # Encapsulation Mode (TV): Tunnel
+    8006 0100                 # Key Length (TV): 256 bits
+    800e 0004                 # Address Preservation (TV, RFC 6407): Source-and-Destination
+    800f 0001                 # SA Direction (TV, RFC 6407): Sender-Only
+""")
+
 SAT_IEC61850_BODY = h("""
     03                        # Protocol-ID: IEC 61850 (RFC 8052)
     07                        # OID Length
@@ -219,6 +235,14 @@ SA_HEAD = h("""
     00000000                  # Situation: none
     000f                      # SA Attribute Next Payload (2 octets): SAK (15)
     0000                      # RESERVED
+""")
+
+DELETE_TEK_BODY = h("""
+    00000002                  # DOI: GDOI (2)
+    01                        # Protocol-ID: GDOI_PROTO_IPSEC_ESP, the SA TEK Protocol-ID of the TEK deleted
+    04                        # SPI Size: 4 (a TEK SPI)
+    0001                      # Number of SPIs: 1
+    11223344                  # SPI of the TEK to delete
 """)
 
 PUSH_MESSAGE = b"".join([
@@ -332,6 +356,18 @@ class GoldenPayloadTests(SynchronousTestCase):
         p = self.roundtrip(PayloadType.SAT, SAT_AH_BODY)
         self.assertEqual(p, SAT(TEKProtocol.IPSEC_AH, AH_TEK))
 
+    def test_sat_rfc6407_ipsec_attributes(self):
+        """An ESP SAT carries RFC 6407's IPsec SA attributes Address Preservation (14) and SA Direction (15), TV."""
+        p = self.roundtrip(PayloadType.SAT, SAT_ESP_GROUP_ATTRS_BODY)
+        self.assertEqual(p.tek.attributes[2:], (
+            Attribute(IPsecAttr.ADDRESS_PRESERVATION, AddressPreservation.SOURCE_AND_DESTINATION),
+            Attribute(IPsecAttr.SA_DIRECTION, SADirection.SENDER_ONLY)))
+        built = SAT(TEKProtocol.IPSEC_ESP, IPsecTEK(
+            0, Selector.of(IP("10.0.0.1")), Selector.of(IP("239.1.1.1")), 20, h("99887766"),
+            (Attribute(4, 1), Attribute(6, 256), Attribute(IPsecAttr.ADDRESS_PRESERVATION, 4),
+             Attribute(IPsecAttr.SA_DIRECTION, 1))))
+        self.assertEqual(built.encode_body(PUSH), SAT_ESP_GROUP_ATTRS_BODY)
+
     def test_sat_iec61850(self):
         """An IEC 61850 SAT decodes OID, OID-specific payload, SPI, algorithms, lifetime and attributes (RFC 8052)."""
         p = self.roundtrip(PayloadType.SAT, SAT_IEC61850_BODY)
@@ -432,6 +468,24 @@ class MessageTests(SynchronousTestCase):
         m = Message(bytes(range(8)), bytes(range(8, 16)), ExchangeType.GROUPKEY_PUSH, 0, 0, (
             SEQ(1), GroupSA(payloads=(SAK_OBJ, SAT(1, ESP_TEK), SAT(2, AH_TEK))), KD_OBJ, Signature(b"\x5a" * 16)))
         self.assertEqual(m.encode(PUSH), PUSH_MESSAGE)
+
+    def test_push_with_delete(self):
+        """A GROUPKEY-PUSH HDR, SEQ, D, SA, KD, SIG (RFC 6407 section 4) carries a Delete of DOI 2 naming a TEK."""
+        head = h("""
+        0001020304050607 08090a0b0c0d0e0f  # Cookies: the KEK SPI
+        12 10 21 00                # Next Payload SEQ, version 1.0, GROUPKEY-PUSH (33), no flags
+        00000000                   # Message ID
+        00000000                   # Length: filled in below
+        """)
+        body = (generic(PayloadType.D, SEQ_BODY) + generic(PayloadType.SA, DELETE_TEK_BODY)
+                + generic(PayloadType.KD, SA_HEAD + generic(PayloadType.SAT, SAK_BODY) + generic(0, SAT_ESP_BODY))
+                + generic(PayloadType.SIG, KD_BODY) + generic(0, b"\x5a" * 16))
+        data = head[:24] + struct.pack("!I", len(head) + len(body)) + body
+        m = decode_message(data, doi=DOI.GDOI)
+        seq, delete, sa, kd, sig = m.payloads
+        self.assertEqual(delete, Delete(DOI.GDOI, TEKProtocol.IPSEC_ESP, (h("11223344"),)))
+        self.assertEqual((seq, sa.teks, kd, sig), (SEQ(1), (SAT(1, ESP_TEK),), KD_OBJ, Signature(b"\x5a" * 16)))
+        self.assertEqual(m.encode(PUSH), data)
 
     def pull_messages(self):
         """GROUPKEY-PULL messages 1 to 4 (RFC 6407 section 3.2), unencrypted."""

@@ -8,8 +8,8 @@ import ipaddress
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gdoiserver.codec import Attribute, Context, Hash, Message, Nonce, Signature, encode_chain
-from gdoiserver.codec.constants import DOI, ExchangeType
+from gdoiserver.codec import Attribute, Context, Delete, Hash, Message, Nonce, Signature, encode_chain
+from gdoiserver.codec.constants import DOI, ExchangeType, IPsecAttr
 from gdoiserver.codec.gdoi import (
     GAP,
     KD,
@@ -17,12 +17,14 @@ from gdoiserver.codec.gdoi import (
     SAK,
     SAT,
     SEQ,
+    AddressPreservation,
     GAPAttr,
     GroupSA,
     IEC61850TEK,
     IPsecTEK,
     KeyPacket,
     KeyPacketType,
+    SADirection,
     Selector,
     TEKProtocol,
     group_id,
@@ -39,7 +41,9 @@ SAK_OBJ = SAK(17, Selector.of(IP("192.0.2.1"), 848), Selector.of(IP("239.192.0.1
                Attribute(6, 1), Attribute(7, 2048)))
 ESP = SAT(TEKProtocol.IPSEC_ESP, IPsecTEK(
     17, Selector.of(NET("192.0.2.0/24"), 0), Selector.of(IP("239.192.0.2"), 5004), 12, b"\xe5\x91\x00\x01",
-    (Attribute(1, 1), Attribute(2, 3600), Attribute(4, 1), Attribute(5, 5), Attribute(6, 256))))
+    (Attribute(1, 1), Attribute(2, 3600), Attribute(4, 1), Attribute(5, 5), Attribute(6, 256),
+     Attribute(IPsecAttr.ADDRESS_PRESERVATION, AddressPreservation.SOURCE_AND_DESTINATION),
+     Attribute(IPsecAttr.SA_DIRECTION, SADirection.SENDER_ONLY))))
 ESP_V6 = SAT(TEKProtocol.IPSEC_ESP, IPsecTEK(
     0, Selector.of(IP("2001:db8::1")), Selector.of(IP("ff3e::8000:1")), 20, b"\xe5\x91\x00\x02",
     (Attribute(4, 1), Attribute(6, 128))))
@@ -115,7 +119,8 @@ class TsharkGDOITests(SynchronousTestCase):
         self.assertEqual(field_values(p4, "isakmp.kd.payload.spi"), hexes(k.spi for k in kd.key_packets if k.spi))
 
     def test_push_message(self):
-        """PUSH: SEQ, the 2-octet SA Attribute Next Payload, SAK, SATs, KD and their attribute types read as ours.
+        """PUSH: SEQ, the 2-octet SA Attribute Next Payload, SAK, SATs (with RFC 6407's Address Preservation and SA
+        Direction), KD and their attribute types read as ours.
 
         tshark defect "tshark-attribute-labels": it names the SAK's KEK attributes as IPsec SA attributes and every
         key packet attribute as a TEK attribute; the attribute types and values it reads are ours.
@@ -136,10 +141,25 @@ class TsharkGDOITests(SynchronousTestCase):
         self.assertEqual(field_values(p, "isakmp.sat.spi"), hexes([ESP.tek.spi, AH.tek.spi]))
         attr_types = [a.type for a in SAK_OBJ.attributes + ESP.tek.attributes + AH.tek.attributes]
         self.assertEqual(field_values(p, "isakmp.ipsec.attr.type"), [str(t) for t in attr_types])
+        # RFC 6407's IPsec SA attributes: tshark names and reads them from the IANA registry, as we number them.
+        self.assertEqual(field_values(p, "isakmp.ipsec.attr.addr_preservation"), ["4"])
+        self.assertEqual(field_values(p, "isakmp.ipsec.attr.sa_direction"), ["1"])
         self.assertEqual(field_values(p, "isakmp.kd.payload.type"), [str(k.kd_type) for k in kd.key_packets])
         key_attr_types = [a.type for k in kd.key_packets for a in k.attributes]
         self.assertEqual(field_values(p, "isakmp.key_download.attr.type"), [str(t) for t in key_attr_types])
         self.assertEqual(field_values(p, "isakmp.kd.payload.length"), [str(len(k.encode())) for k in kd.key_packets])
+
+    def test_push_with_delete(self):
+        """PUSH HDR, SEQ, D, SA, KD, SIG: tshark reads the Delete as DOI 2 (GDOI), the TEK's Protocol-ID and its SPI."""
+        m = message(33, (SEQ(8), Delete(DOI.GDOI, TEKProtocol.IPSEC_ESP, (ESP.tek.spi,)),
+                         GroupSA(payloads=(SAK_OBJ, ESP)), KD(TEK_KEYS[:1]), Signature(b"\x5a" * 64)))
+        pcap = self.capture([m], PUSH)
+        self.assertEqual(problems(pcap), [])
+        (p,) = packets(pcap)
+        self.assertEqual(field_values(p, "isakmp.delete.doi"), ["2"])
+        self.assertEqual(field_values(p, "isakmp.delete.protoid"), ["1"])
+        self.assertEqual(field_values(p, "isakmp.delete.spi"), hexes([ESP.tek.spi]))
+        self.assertEqual(field_values(p, "isakmp.sat.spi"), hexes([ESP.tek.spi]))
 
     def test_iec61850_tek_first(self):
         """An IEC 61850 SAT as the SA's first attribute payload is shown whole as the TEK payload, without error."""

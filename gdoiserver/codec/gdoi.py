@@ -7,7 +7,10 @@ by :func:`gdoiserver.codec.payloads.register_sa_group_form`; the other payloads 
 RFC 3547 and RFC 6407 differ on the wire in one place this module has to care about: the SRC/DST ID Data Len of
 the ESP and AH TEK payload is one octet in RFC 3547 section 5.4.1 and two in RFC 6407 section 5.4.1.  Decoding
 accepts both and records which it saw in :attr:`IPsecTEK.wire_format`, so that ``encode(decode(b)) == b``; a TEK
-built without one is written as ``ctx.gdoi_format`` says (RFC 6407 unless told otherwise).  See docs/wire-format.md.
+built without one is written as ``ctx.gdoi_format`` says (RFC 6407 unless told otherwise).
+
+docs/wire-format.md says, payload by payload, which source each layout and number was checked against (RFC 6407
+section 5, the IANA GDOI and ISAKMP registries, RFC 3547) and which numbers stay unnamed because none could be.
 """
 
 import enum
@@ -30,7 +33,12 @@ _FORMATS = (RFC6407, RFC3547)
 
 
 class KEKAttr(enum.IntEnum):
-    """SA KEK attribute classes (RFC 6407 section 5.3; KE_OAKLEY_GROUP only in RFC 3547 section 5.3.9)."""
+    """SA KEK attribute classes (RFC 6407 section 5.3; IANA "SA KEK Payload Values - KEK Attributes").
+
+    1-4 and their Basic/Variable forms are as the IANA registry lists them; KE_OAKLEY_GROUP is RFC 3547's (section
+    5.3.9), which RFC 6407 no longer uses.  RFC 8263's KEK_ACK_REQUESTED is in the same registry, but its number
+    could not be read, so it is not named here (it round-trips as a plain int).
+    """
 
     KEK_MANAGEMENT_ALGORITHM = 1
     KEK_ALGORITHM = 2
@@ -43,13 +51,13 @@ class KEKAttr(enum.IntEnum):
 
 
 class KEKManagementAlgorithm(enum.IntEnum):
-    """KEK_MANAGEMENT_ALGORITHM values (RFC 6407 section 5.3.1)."""
+    """KEK_MANAGEMENT_ALGORITHM values (RFC 6407 section 5.3; RFC 3547 section 5.3.2)."""
 
     LKH = 1
 
 
 class KEKAlgorithm(enum.IntEnum):
-    """KEK_ALGORITHM values (RFC 6407 section 5.3.2)."""
+    """KEK_ALGORITHM values (RFC 6407 section 5.3; RFC 3547 section 5.3.3)."""
 
     KEK_ALG_DES = 1
     KEK_ALG_3DES = 2
@@ -57,7 +65,7 @@ class KEKAlgorithm(enum.IntEnum):
 
 
 class SigHashAlgorithm(enum.IntEnum):
-    """SIG_HASH_ALGORITHM values (RFC 6407 section 5.3.5)."""
+    """SIG_HASH_ALGORITHM values (RFC 6407 section 5.3; MD5 and SHA1 from RFC 3547 section 5.3.6)."""
 
     SIG_HASH_MD5 = 1
     SIG_HASH_SHA1 = 2
@@ -67,7 +75,7 @@ class SigHashAlgorithm(enum.IntEnum):
 
 
 class SigAlgorithm(enum.IntEnum):
-    """SIG_ALGORITHM values (RFC 6407 section 5.3.6)."""
+    """SIG_ALGORITHM values (RFC 6407 section 5.3; RSA, DSS and ECDSS from RFC 3547 section 5.3.7)."""
 
     SIG_ALG_RSA = 1
     SIG_ALG_DSS = 2
@@ -78,7 +86,7 @@ class SigAlgorithm(enum.IntEnum):
 
 
 class POPAlgorithm(enum.IntEnum):
-    """POP Algorithm of the SA KEK payload (RFC 3547 section 5.3; RESERVED2 in RFC 6407)."""
+    """POP Algorithm of the SA KEK payload (RFC 3547 section 5.3 and its IANA registry; RESERVED2 in RFC 6407)."""
 
     POP_ALG_RSA = 1
     POP_ALG_DSS = 2
@@ -91,6 +99,26 @@ class TEKProtocol(enum.IntEnum):
     IPSEC_ESP = 1
     IPSEC_AH = 2
     IEC61850 = 3
+
+
+class AddressPreservation(enum.IntEnum):
+    """Values of the IPsec SA attribute Address Preservation (``IPsecAttr.ADDRESS_PRESERVATION``, 14) that RFC 6407
+    added for ESP and AH TEKs (section 5.4.1; IANA IPsec SA attribute registry): which tunnel-mode addresses copy the
+    inner packet's."""
+
+    NONE = 1
+    SOURCE_ONLY = 2
+    DESTINATION_ONLY = 3
+    SOURCE_AND_DESTINATION = 4
+
+
+class SADirection(enum.IntEnum):
+    """Values of the IPsec SA attribute SA Direction (``IPsecAttr.SA_DIRECTION``, 15) that RFC 6407 added for ESP and
+    AH TEKs (section 5.4.1; IANA IPsec SA attribute registry)."""
+
+    SENDER_ONLY = 1
+    RECEIVER_ONLY = 2
+    SYMMETRIC = 3
 
 
 class KeyPacketType(enum.IntEnum):
@@ -133,7 +161,9 @@ class SIDAttr(enum.IntEnum):
 
 
 class GAPAttr(enum.IntEnum):
-    """Group Associated Policy attributes (RFC 6407 section 5.7)."""
+    """Group Associated Policy attributes (RFC 6407 section 5.7).  All three are Basic (TV): the two delays are times
+    (in seconds, not yet checked against the RFC text), SENDER_ID_REQUEST the number of sender IDs a member asks for
+    in GROUPKEY-PULL message 3."""
 
     ACTIVATION_TIME_DELAY = 1
     DEACTIVATION_TIME_DELAY = 2
