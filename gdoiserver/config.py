@@ -7,10 +7,17 @@ names are errors, so that a misspelt key never passes silently.
 """
 
 import ipaddress
+import os
+import stat
 import tomllib
 from typing import Any, Callable
 
 import attrs
+
+from gdoiserver.codec.constants import DPD_VENDOR_ID, IDType, OakleyAuth, OakleyEncryption, OakleyHash
+from gdoiserver.codec.payloads import Identification
+from gdoiserver.crypto import certs
+from gdoiserver.exchanges.phase1 import Phase1Policy, Phase1Proposal
 
 Check = Callable[[Any, str], Any]
 _CHECK = "gdoiserver.config.check"
@@ -93,6 +100,118 @@ def ip_address(value, key) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise _wrong(key, value, "an IPv4 or IPv6 address literal such as 127.0.0.1 or ::1") from None
+
+
+def seconds(low: float, high: float) -> Check:
+    """A duration in seconds, integer or decimal."""
+
+    def check(value, key):
+        if type(value) not in (int, float) or not low <= value <= high:
+            raise _wrong(key, value, f"a number of seconds from {low:g} to {high:g}")
+        return float(value)
+
+    return check
+
+
+def number_in(*choices: int) -> Check:
+    def check(value, key):
+        if type(value) is not int or value not in choices:
+            raise _wrong(key, value, "one of " + ", ".join(map(str, choices)))
+        return value
+
+    return check
+
+
+def peer_address(value, key) -> str:
+    """An address, a network in CIDR form, or "any"; kept canonical ("192.0.2.0/24", "2001:db8::1")."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        if value == "any":
+            return value
+        if "/" in value:
+            return str(ipaddress.ip_network(value, strict=True))
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _wrong(key, value, 'an IP address, a network such as 192.0.2.0/24 (no host bits), or "any"') from None
+
+
+@attrs.frozen
+class Secret:
+    """A pre-shared key and where it came from.  The key itself is never shown: not by repr, not in a message."""
+
+    source: str
+    value: bytes = attrs.field(repr=False)
+
+
+def _private_file(path: str, key: str) -> bytes:
+    """The content of a file that holds a secret.  It must be a regular file that neither group nor others may read
+    or write (mode 0600 or stricter), so that a key put in the wrong file is refused before it is used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block us
+    except OSError as e:
+        raise Invalid(key, f"cannot read {_show(path)}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Invalid(key, f"{_show(path)} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise Invalid(
+                key, f"{_show(path)} has mode {mode:04o}, expected 0600 or stricter (chmod 600 {path}): it holds a"
+                " secret"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _psk(data: bytes) -> bytes:
+    """A PSK as written in a file or variable: one trailing newline dropped; a "0x" prefix means hexadecimal."""
+    data = data[:-1] if data.endswith(b"\n") else data
+    data = data[:-1] if data.endswith(b"\r") else data
+    if data[:2].lower() == b"0x":
+        return bytes.fromhex(data[2:].decode("ascii"))
+    return data
+
+
+def psk_file(value, key) -> Secret:
+    path = text(value, key)
+    try:
+        psk = _psk(_private_file(path, key))
+    except ValueError:  # UnicodeDecodeError too
+        raise Invalid(key, f"{_show(path)} starts with 0x but is not hexadecimal") from None
+    if not psk:
+        raise Invalid(key, f"{_show(path)} is empty")
+    return Secret(f"file {path}", psk)
+
+
+def psk_env(value, key) -> Secret:
+    name = text(value, key)
+    raw = os.environb.get(os.fsencode(name))
+    if raw is None:
+        raise Invalid(key, f"the environment variable {_show(name)} is not set")
+    try:
+        psk = _psk(raw)
+    except ValueError:
+        raise Invalid(key, f"the environment variable {_show(name)} starts with 0x but is not hexadecimal") from None
+    if not psk:
+        raise Invalid(key, f"the environment variable {_show(name)} is empty")
+    return Secret(f"environment variable {name}", psk)
+
+
+def readable_file(value, key) -> str:
+    path = text(value, key)
+    if not os.access(path, os.R_OK) or not os.path.isfile(path):
+        raise Invalid(key, f"cannot read {_show(path)}: not a readable file")
+    return path
+
+
+def private_key_file(value, key) -> str:
+    path = text(value, key)
+    _private_file(path, key)
+    return path
 
 
 def array_of(item: Check, min_items: int = 0, identity: Callable[[Any], Any] | None = None) -> Check:
@@ -181,11 +300,13 @@ class Server:
         array_of(table(Listen), min_items=1, identity=_listen_identity), default=DEFAULT_LISTEN
     )
     log_format: str = setting(one_of("text", "json"), default="text")
+    #: The NAT-T port (RFC 3947 section 4), bound on each listen address when ike.nat_t is on; 0: a free port.
+    nat_t_port: int = setting(integer(0, 65535), default=4500)
 
 
 @attrs.frozen
 class Security:
-    """Opt-ins to algorithms kept only for old peers (MODP groups 1, 2 and 5; 3DES)."""
+    """Opt-ins to algorithms kept only for old peers (MODP groups 2 and 5; 3DES)."""
 
     allow_weak_dh_groups: bool = setting(boolean, default=False)
     allow_legacy_3des: bool = setting(boolean, default=False)
@@ -204,20 +325,192 @@ class Keylog:
     path: str | None = setting(text, default=None)
 
 
+# Phase 1 proposals (RFC 2409 appendix A): the names a config uses and the numbers on the wire.
+ENCRYPTIONS = {
+    "aes128": (OakleyEncryption.AES_CBC, 128),
+    "aes192": (OakleyEncryption.AES_CBC, 192),
+    "aes256": (OakleyEncryption.AES_CBC, 256),
+    "3des": (OakleyEncryption.TRIPLEDES_CBC, None),
+}
+HASHES = {"sha1": OakleyHash.SHA, "sha256": OakleyHash.SHA2_256, "sha384": OakleyHash.SHA2_384,
+          "sha512": OakleyHash.SHA2_512}
+#: ECDSA methods name a curve and a hash together (RFC 4754 section 3); plain "ecdsa" takes the proposal's hash.
+AUTHS = {"psk": OakleyAuth.PRE_SHARED_KEY, "rsa": OakleyAuth.RSA_SIGNATURES, "ecdsa256": OakleyAuth.ECDSA_SHA256_P256,
+         "ecdsa384": OakleyAuth.ECDSA_SHA384_P384, "ecdsa521": OakleyAuth.ECDSA_SHA512_P521}
+_ECDSA_BY_HASH = {"sha256": "ecdsa256", "sha384": "ecdsa384", "sha512": "ecdsa521"}
+GROUPS = (14, 15, 16, 19, 20, 21)
+WEAK_GROUPS = (2, 5)  # MODP 1024 and 1536 bits (Logjam): only with security.allow_weak_dh_groups
+AUTH_NAMES = ("psk", "rsa", "ecdsa", "ecdsa256", "ecdsa384", "ecdsa521")
+
+
+@attrs.frozen
+class Proposal:
+    """One acceptable Phase 1 transform; the list's order is the order of preference."""
+
+    encryption: str = setting(one_of(*ENCRYPTIONS))
+    hash: str = setting(one_of(*HASHES))
+    group: int = setting(number_in(*GROUPS, *WEAK_GROUPS))
+    auth: str = setting(one_of(*AUTH_NAMES))
+    lifetime: int = setting(integer(60, 7 * 86400), default=28800)
+
+    def name(self) -> str:
+        return f"{self.encryption}-{self.hash}-group{self.group}-{self.auth}"
+
+
+DEFAULT_PROPOSALS = (Proposal("aes256", "sha256", 14, "psk"), Proposal("aes128", "sha256", 19, "psk"))
+
+
+@attrs.frozen
+class IKE:
+    """Phase 1 (RFC 2409): proposals, retransmission, limits on half-open SAs, NAT-T and DPD."""
+
+    proposals: tuple[Proposal, ...] = setting(
+        array_of(table(Proposal), min_items=1, identity=Proposal.name), default=DEFAULT_PROPOSALS
+    )
+    retransmit_initial: float = setting(seconds(0.1, 60), default=2.0)
+    retransmit_tries: int = setting(integer(0, 20), default=5)
+    exchange_timeout: float = setting(seconds(1, 3600), default=60.0)
+    halfopen_per_peer: int = setting(integer(1, 1_000_000), default=32)
+    halfopen_total: int = setting(integer(1, 1_000_000), default=4096)
+    nat_t: bool = setting(boolean, default=True)
+    #: Dead Peer Detection (RFC 3706): seconds of silence before R-U-THERE; 0 turns it off.
+    dpd_delay: int = setting(integer(0, 86400), default=30)
+
+
+#: ID types a config may name (RFC 2407 section 4.6.2.1).
+ID_TYPES = {"ipv4_addr": IDType.IPV4_ADDR, "ipv6_addr": IDType.IPV6_ADDR, "fqdn": IDType.FQDN,
+            "user_fqdn": IDType.USER_FQDN, "key_id": IDType.KEY_ID}
+
+
+@attrs.frozen
+class IdentityConfig:
+    """Our Phase 1 identity.  Without ``id_type`` it follows from ``id``: an IP address, user@fqdn or an FQDN."""
+
+    id: str | None = setting(text, default=None)
+    id_type: str | None = setting(one_of(*ID_TYPES), default=None)
+
+
+@attrs.frozen
+class Peer:
+    """A peer, matched by ``address`` (Main Mode: the PSK is chosen before the ID is seen) and/or by ``id``
+    (Aggressive Mode and signatures).  ``certificate``/``private_key`` are ours for this peer; ``ca`` the anchors
+    its certificate must chain to."""
+
+    address: str | None = setting(peer_address, default=None)
+    id: str | None = setting(text, default=None)
+    id_type: str | None = setting(one_of(*ID_TYPES), default=None)
+    auth: str | None = setting(one_of(*AUTH_NAMES), default=None)
+    psk_file: Secret | None = setting(psk_file, default=None)
+    psk_env: Secret | None = setting(psk_env, default=None)
+    certificate: str | None = setting(readable_file, default=None)
+    private_key: str | None = setting(private_key_file, default=None)
+    ca: tuple[str, ...] = setting(array_of(readable_file), default=())
+
+    @property
+    def psk(self) -> Secret | None:
+        return self.psk_file or self.psk_env
+
+
 @attrs.frozen
 class Config:
     server: Server = section(Server)
     security: Security = section(Security)
     limits: Limits = section(Limits)
     keylog: Keylog = section(Keylog)
+    ike: IKE = section(IKE)
+    identity: IdentityConfig = section(IdentityConfig)
+    peers: tuple[Peer, ...] = setting(array_of(table(Peer)), default=())
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:
     """Check a parsed TOML document against the schema; ``source`` names it in errors."""
     try:
-        return table(Config)(data, "")
+        config = table(Config)(data, "")
+        _check_together(config)
+        return config
     except Invalid as e:
         raise ConfigError(source, e.key, e.problem) from None
+
+
+def _check_together(config: Config) -> None:
+    """The rules that tie several keys together."""
+    security = config.security
+    for i, p in enumerate(config.ike.proposals):
+        key = f"ike.proposals[{i}]"
+        if p.encryption == "3des" and not security.allow_legacy_3des:
+            raise _wrong(f"{key}.encryption", p.encryption, '"aes128", "aes192" or "aes256" (3DES needs '
+                         "security.allow_legacy_3des = true)")
+        if p.group in WEAK_GROUPS and not security.allow_weak_dh_groups:
+            raise _wrong(f"{key}.group", p.group, "one of " + ", ".join(map(str, GROUPS)) + " (MODP groups 2 and 5 "
+                         "need security.allow_weak_dh_groups = true)")
+        if p.auth == "ecdsa" and p.hash not in _ECDSA_BY_HASH:
+            raise _wrong(f"{key}.auth", p.auth, '"ecdsa" with hash sha256, sha384 or sha512 (RFC 4754 section 3), or '
+                         '"ecdsa256", "ecdsa384", "ecdsa521" to name the curve')
+    if config.ike.halfopen_per_peer > config.ike.halfopen_total:
+        raise Invalid("ike.halfopen_per_peer", f"{config.ike.halfopen_per_peer} is more than ike.halfopen_total "
+                      f"({config.ike.halfopen_total})")
+    _identification(config.identity.id, config.identity.id_type, "identity")
+    signers = [(i, (p.certificate, p.private_key)) for i, p in enumerate(config.peers) if p.certificate is not None]
+    for i, pair in signers[1:]:
+        if pair != signers[0][1]:
+            raise Invalid(f"peers[{i}].certificate", f"differs from peers[{signers[0][0]}]'s: one certificate and key "
+                          "serve every peer for now")
+    seen: dict[tuple, int] = {}
+    for i, peer in enumerate(config.peers):
+        key = f"peers[{i}]"
+        ident = _check_peer(peer, key)
+        which = (peer.address, None if ident is None else _id_key(ident))
+        if which in seen:
+            address = "no address" if peer.address is None else f"address {_show(peer.address)}"
+            named = "no id" if peer.id is None else f"id {_show(peer.id)}"
+            raise Invalid(key, f"{address} and {named} duplicate peers[{seen[which]}]")
+        seen[which] = i
+
+
+def _check_peer(peer: Peer, key: str) -> Identification | None:
+    """Check one ``[[peers]]`` entry; its ID payload, if it names one."""
+    if peer.address is None and peer.id is None:
+        raise Invalid(key, "has neither address nor id: one of them says which peer the entry is for")
+    ident = _identification(peer.id, peer.id_type, key)
+    if peer.psk_file is not None and peer.psk_env is not None:
+        raise Invalid(f"{key}.psk_env", "psk_file is set too: give the pre-shared key one way")
+    signed = peer.auth is not None and peer.auth != "psk"
+    if peer.auth == "psk" and peer.psk is None:
+        raise Invalid(f"{key}.auth", '"psk" needs psk_file or psk_env')
+    if signed and peer.psk is not None:
+        raise Invalid(f"{key}.auth", f"{_show(peer.auth)} authenticates with signatures, yet a pre-shared key is set")
+    if (peer.certificate is None) != (peer.private_key is None):
+        missing = "private_key" if peer.private_key is None else "certificate"
+        raise Invalid(f"{key}.{missing}", "missing: certificate and private_key go together")
+    if signed and (peer.certificate is None or not peer.ca):
+        missing = "certificate" if peer.certificate is None else "ca"
+        raise Invalid(f"{key}.{missing}", f"missing: auth {_show(peer.auth)} needs certificate, private_key and ca")
+    return ident
+
+
+def _identification(value: str | None, id_type: str | None, key: str) -> Identification | None:
+    """The ID payload (RFC 2407 section 4.6.2) for an ``id`` and its ``id_type`` (None: guessed from the value)."""
+    where = f"{key}.id" if key else "id"
+    if value is None:
+        if id_type is not None:
+            raise Invalid(f"{key}.id_type" if key else "id_type", "is set without id")
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        address = None
+    if id_type is None:
+        id_type = ("ipv4_addr" if address.version == 4 else "ipv6_addr") if address else (
+            "user_fqdn" if "@" in value else "fqdn")
+    if id_type in ("ipv4_addr", "ipv6_addr"):
+        if address is None or address.version != (4 if id_type == "ipv4_addr" else 6):
+            raise _wrong(where, value, f"an {'IPv4' if id_type == 'ipv4_addr' else 'IPv6'} address (id_type {id_type})")
+        return Identification(ID_TYPES[id_type], 0, 0, address.packed)
+    if id_type != "key_id" and (not value.isascii() or " " in value or (id_type == "fqdn") == ("@" in value)
+                                or address is not None):
+        shape = "user@domain.example" if id_type == "user_fqdn" else "a domain name such as gdoi.example.org"
+        raise _wrong(where, value, f"{shape} in ASCII (id_type {id_type}; an address takes ipv4_addr or ipv6_addr)")
+    return Identification(ID_TYPES[id_type], 0, 0, value.encode("utf-8"))
 
 
 def load_config(path: str) -> Config:
@@ -232,3 +525,115 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 at octet {e.start}") from None
     return parse_config(data, path)
+
+
+# --- from the configuration to the Phase 1 policy -------------------------------------------------------------------
+
+
+def phase1_proposal(p: Proposal) -> Phase1Proposal:
+    """The Phase 1 transform (RFC 2409 appendix A numbers) a configured proposal names."""
+    encryption, key_length = ENCRYPTIONS[p.encryption]
+    auth = AUTHS[_ECDSA_BY_HASH[p.hash] if p.auth == "ecdsa" else p.auth]
+    return Phase1Proposal(encryption, key_length, HASHES[p.hash], auth, p.group, p.lifetime)
+
+
+def local_identification(config: Config) -> Identification | None:
+    return _identification(config.identity.id, config.identity.id_type, "identity")
+
+
+class PeerTable:
+    """The ``[[peers]]`` entries, looked up by address (exact beats network, longer prefix beats shorter, both beat
+    "any"; among equals the first in the file) or by identity (the first entry whose id matches)."""
+
+    def __init__(self, peers: tuple[Peer, ...]):
+        self.peers = peers
+        self._ids = [(_id_key(_identification(p.id, p.id_type, "")), p) for p in peers if p.id is not None]
+
+    def for_address(self, address: str) -> Peer | None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        best, best_rank = None, -1
+        for peer in self.peers:
+            rank = _address_rank(peer.address, ip)
+            if rank > best_rank:
+                best, best_rank = peer, rank
+        return best
+
+    def for_identity(self, ident: Identification) -> Peer | None:
+        key = _id_key(ident)
+        return next((peer for k, peer in self._ids if k == key), None)
+
+    def psk_for_address(self, address: str) -> bytes | None:
+        """The PSK of the most specific entry for ``address`` (Main Mode, RFC 2409 section 5.4)."""
+        peer = self.for_address(address)
+        return None if peer is None or peer.psk is None else peer.psk.value
+
+    def psk_for_identity(self, ident: Identification) -> bytes | None:
+        """The PSK of the entry for the peer's ID payload (Aggressive Mode)."""
+        peer = self.for_identity(ident)
+        return None if peer is None or peer.psk is None else peer.psk.value
+
+
+def _address_rank(pattern: str | None, ip) -> int:
+    """How specifically ``pattern`` names ``ip``: -1 not at all, 0 "any", 1 + prefix length for a network, 1000 an
+    exact address."""
+    if pattern is None:
+        return -1
+    if pattern == "any":
+        return 0
+    if "/" in pattern:
+        net = ipaddress.ip_network(pattern)
+        return 1 + net.prefixlen if net.version == ip.version and ip in net else -1
+    return 1000 if ipaddress.ip_address(pattern) == ip else -1
+
+
+def _id_key(ident: Identification) -> tuple:
+    """Identities compare by type and data; domain names without regard to case (RFC 4343)."""
+    data = ident.data.lower() if ident.id_type in (IDType.FQDN, IDType.USER_FQDN) else ident.data
+    return (ident.id_type, data)
+
+
+def policy_from_config(config: Config, source: str = "<config>", **extra) -> Phase1Policy:
+    """The :class:`Phase1Policy` a configuration describes; ``extra`` overrides fields.
+
+    The certificate and private key of the ``[[peers]]`` entries become ``credentials`` (one pair for all peers:
+    the policy holds one) and all their ``ca`` files one ``trust`` store; a file that does not load raises
+    :class:`ConfigError` naming ``source`` and the key.  We always answer R-U-THERE, so we always announce DPD
+    (RFC 3706 section 5).
+    """
+    peers = PeerTable(config.peers)
+    ike = config.ike
+    extra.setdefault("vendor_ids", (DPD_VENDOR_ID,))
+    extra.setdefault("nat_t_port", config.server.nat_t_port)
+    signer = next(((i, p) for i, p in enumerate(config.peers) if p.certificate is not None), None)
+    if signer is not None and "credentials" not in extra:
+        i, peer = signer
+        extra["credentials"] = _loaded(source, f"peers[{i}].certificate", certs.Credentials.load, peer.certificate,
+                                       peer.private_key)
+    anchors = [(f"peers[{i}].ca[{j}]", path) for i, p in enumerate(config.peers) for j, path in enumerate(p.ca)]
+    if anchors and "trust" not in extra:
+        loaded = [_loaded(source, key, certs.TrustStore.load, [path]).certificates for key, path in anchors]
+        extra["trust"] = certs.TrustStore(tuple(c for group in loaded for c in group))
+    return Phase1Policy(
+        proposals=tuple(phase1_proposal(p) for p in ike.proposals),
+        psk_for_address=peers.psk_for_address,
+        psk_for_identity=peers.psk_for_identity,
+        local_id=local_identification(config),
+        allow_weak_groups=config.security.allow_weak_dh_groups,
+        allow_legacy_3des=config.security.allow_legacy_3des,
+        nat_t=ike.nat_t,
+        retransmit_initial=ike.retransmit_initial,
+        retransmit_tries=ike.retransmit_tries,
+        exchange_timeout=ike.exchange_timeout,
+        **extra,
+    )
+
+
+def _loaded(source: str, key: str, load, *args):
+    """``load(*args)``, its failure (the file names itself) a :class:`ConfigError` at ``key``."""
+    try:
+        return load(*args)
+    except (OSError, ValueError) as e:  # CredentialsError is a ValueError
+        raise ConfigError(source, key, str(e)) from None

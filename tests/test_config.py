@@ -1,10 +1,13 @@
 """The TOML configuration: what parses, and how each kind of error names the file, the key and the problem."""
 
+import ipaddress
 import os
 
 import attrs
 from twisted.trial import unittest
 
+from gdoiserver.codec.constants import DPD_VENDOR_ID, IDType
+from gdoiserver.codec.payloads import Identification
 from gdoiserver.config import (
     DEFAULT_LISTEN,
     Config,
@@ -14,9 +17,12 @@ from gdoiserver.config import (
     integer,
     load_config,
     parse_config,
+    policy_from_config,
     setting,
     table,
 )
+from gdoiserver.exchanges.phase1 import Phase1Proposal
+from tests import pki
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,7 +120,7 @@ class LoadConfigTests(unittest.TestCase):
         """A key the schema does not have is named with its dotted path and the keys that are allowed."""
         e = self.error("[server]\nlog_fromat = 'json'\n")
         self.assertEqual(e.key, "server.log_fromat")
-        self.assertEqual(e.problem, "unknown key (expected one of: listen, log_format)")
+        self.assertEqual(e.problem, "unknown key (expected one of: listen, log_format, nat_t_port)")
 
     def test_unknown_section(self):
         """An unknown top-level table is named too."""
@@ -221,3 +227,325 @@ class SchemaHelperTests(unittest.TestCase):
         self.assertEqual(table(Group)({"id": 4}, "groups[0]"), Group(4, 3))
         e = self.assertRaises(Invalid, table(Group), {"id": 4, "rekey": 9}, "groups[0]")
         self.assertEqual(e.key, "groups[0].rekey")
+
+
+PSK = b"correct horse battery staple"
+
+
+class Phase1ConfigTests(unittest.TestCase):
+    """[ike], [identity] and [[peers]]: parsing, every error, the PSK files, and the Phase 1 policy built from them."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp() + ".toml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def secret_file(self, content: bytes = PSK, mode: int = 0o600) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def error(self, text: str) -> ConfigError:
+        path = self.write(text)
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertTrue(str(e).startswith(path + ": "), str(e))
+        return e
+
+    def peer(self, **keys) -> str:
+        return "[[peers]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
+
+    def test_defaults(self):
+        """Without [ike] the server offers AES-256/SHA2-256/MODP-2048 and AES-128/SHA2-256/ECP-256 with PSKs, NAT-T
+        on port 4500 and DPD after 30 s; the policy carries the RFC 2409 numbers."""
+        config = parse_config({})
+        self.assertEqual(config.server.nat_t_port, 4500)
+        self.assertEqual((config.ike.nat_t, config.ike.dpd_delay, config.ike.retransmit_tries), (True, 30, 5))
+        policy = policy_from_config(config)
+        self.assertEqual(policy.proposals, (Phase1Proposal(7, 256, 4, 1, 14, 28800), Phase1Proposal(7, 128, 4, 1, 19,
+                                                                                                    28800)))
+        self.assertIsNone(policy.local_id)
+        self.assertIsNone(policy.psk_for_address("192.0.2.1"))
+
+    def test_full_configuration(self):
+        """Every new key set: the values parse and reach the policy."""
+        psk = self.secret_file()
+        issued = pki.hierarchy("p256", sans=("ks.example.org",))
+        key = pki.write_key(os.path.abspath(self.mktemp()), issued.leaf.key)
+        cert = pki.write_certificates(os.path.abspath(self.mktemp()), issued.leaf.certificate,
+                                      issued.intermediate.certificate)
+        ca = pki.write_certificates(os.path.abspath(self.mktemp()), issued.root.certificate)
+        text = (
+            "[server]\nnat_t_port = 4501\n"
+            "[security]\nallow_legacy_3des = true\nallow_weak_dh_groups = true\n"
+            "[ike]\nproposals = [\n"
+            '  { encryption = "aes256", hash = "sha512", group = 21, auth = "ecdsa", lifetime = 3600 },\n'
+            '  { encryption = "aes192", hash = "sha384", group = 20, auth = "rsa" },\n'
+            '  { encryption = "3des", hash = "sha1", group = 5, auth = "psk" },\n'
+            '  { encryption = "aes128", hash = "sha256", group = 15, auth = "ecdsa384" },\n]\n'
+            "retransmit_initial = 0.5\nretransmit_tries = 3\nexchange_timeout = 30\nhalfopen_per_peer = 4\n"
+            "halfopen_total = 64\nnat_t = false\ndpd_delay = 0\n"
+            '[identity]\nid = "KeyServer.example.org"\n'
+            + self.peer(address="192.0.2.0/24", psk_file=psk)
+            + self.peer(id="member@example.org", auth="ecdsa", certificate=cert, private_key=key, ca=[ca])
+        )
+        config = load_config(self.write(text))
+        self.assertEqual(config.server.nat_t_port, 4501)
+        self.assertEqual(config.ike.exchange_timeout, 30.0)
+        self.assertEqual(config.peers[1].ca, (ca,))
+        policy = policy_from_config(config)
+        self.assertEqual(policy.proposals, (
+            Phase1Proposal(7, 256, 6, 11, 21, 3600),  # ecdsa with SHA2-512: ECDSA-521 (RFC 4754 section 3)
+            Phase1Proposal(7, 192, 5, 3, 20, 28800),  # rsa
+            Phase1Proposal(5, None, 2, 1, 5, 28800),
+            Phase1Proposal(7, 128, 4, 10, 15, 28800),
+        ))
+        self.assertEqual(
+            (policy.retransmit_initial, policy.retransmit_tries, policy.exchange_timeout, policy.nat_t),
+            (0.5, 3, 30.0, False),
+        )
+        self.assertTrue(policy.allow_weak_groups and policy.allow_legacy_3des)
+        self.assertEqual(policy.local_id, Identification(IDType.FQDN, 0, 0, b"KeyServer.example.org"))
+        self.assertEqual(policy.psk_for_address("192.0.2.77"), PSK)
+        self.assertEqual(policy.credentials.certificate, issued.leaf.certificate)
+        self.assertEqual(policy.credentials.chain, (issued.intermediate.certificate,))
+        self.assertEqual(policy.trust.certificates, (issued.root.certificate,))
+        self.assertEqual(policy.vendor_ids, (DPD_VENDOR_ID,))
+        self.assertEqual(policy.nat_t_port, 4501)
+
+    def test_credentials_errors(self):
+        """A certificate that does not load, or a second, different certificate, is refused naming the key."""
+        issued = pki.hierarchy("p256")
+        key = pki.write_key(os.path.abspath(self.mktemp()), issued.leaf.key)
+        cert = pki.write_certificates(os.path.abspath(self.mktemp()), issued.leaf.certificate)
+        other = pki.write_certificates(os.path.abspath(self.mktemp()), issued.intermediate.certificate)
+        garbage = self.secret_file(b"not a certificate", 0o644)
+        peers = [{"address": "any", "certificate": garbage, "private_key": key}]
+        e = self.assertRaises(ConfigError, policy_from_config, parse_config({"peers": peers}), "gdoi.toml")
+        self.assertEqual((e.source, e.key), ("gdoi.toml", "peers[0].certificate"))
+        self.assertIn(garbage, e.problem)
+        peers = [{"address": "any", "certificate": cert, "private_key": key, "ca": [garbage]}]
+        e = self.assertRaises(ConfigError, policy_from_config, parse_config({"peers": peers}))
+        self.assertEqual(e.key, "peers[0].ca[0]")
+        peers = [{"address": "any", "certificate": cert, "private_key": key},
+                 {"id": "a.example", "certificate": cert, "private_key": key},
+                 {"id": "b.example", "certificate": other, "private_key": key}]
+        e = self.assertRaises(ConfigError, parse_config, {"peers": peers})
+        self.assertEqual(e.key, "peers[2].certificate")
+        self.assertIn("one certificate and key serve every peer", e.problem)
+
+    def test_psk_file_mode(self):
+        """A PSK file that group or others may read (0644) is refused, naming the key, the file and its mode; the
+        PSK is not in the message."""
+        path = self.secret_file(mode=0o644)
+        e = self.error(self.peer(address="any", psk_file=path))
+        self.assertEqual(e.key, "peers[0].psk_file")
+        self.assertIn(f'"{path}" has mode 0644, expected 0600 or stricter', e.problem)
+        self.assertNotIn(PSK.decode(), str(e))
+        e = self.error(self.peer(address="any", psk_file=self.secret_file(mode=0o640)))
+        self.assertIn("mode 0640", e.problem)
+        config = parse_config({"peers": [{"address": "any", "psk_file": self.secret_file(mode=0o400)}]})
+        self.assertEqual(policy_from_config(config).psk_for_address("192.0.2.1"), PSK)
+
+    def test_psk_file_problems(self):
+        """A missing, empty or non-regular PSK file (a directory, a FIFO), and a "0x" one that is not hexadecimal,
+        are each refused."""
+        missing = os.path.abspath(self.mktemp())
+        self.assertIn("No such file or directory", self.error(self.peer(address="any", psk_file=missing)).problem)
+        self.assertIn("is empty", self.error(self.peer(address="any", psk_file=self.secret_file(b"\n"))).problem)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory, 0o700)
+        self.assertIn("not a regular file", self.error(self.peer(address="any", psk_file=directory)).problem)
+        fifo = os.path.abspath(self.mktemp())
+        os.mkfifo(fifo, 0o600)  # opened without blocking, then refused
+        self.assertIn("not a regular file", self.error(self.peer(address="any", psk_file=fifo)).problem)
+        e = self.error(self.peer(address="any", psk_file=self.secret_file(b"0xnothex\n")))
+        self.assertIn("not hexadecimal", e.problem)
+        self.assertNotIn("nothex", str(e))
+
+    def test_psk_file_forms(self):
+        """One trailing newline is not part of the PSK; "0x" followed by hex digits gives binary octets."""
+        def psk(content):
+            config = parse_config({"peers": [{"address": "any", "psk_file": self.secret_file(content)}]})
+            return policy_from_config(config).psk_for_address("192.0.2.1")
+
+        self.assertEqual(psk(PSK + b"\n"), PSK)
+        self.assertEqual(psk(PSK + b"\r\n"), PSK)
+        self.assertEqual(psk(PSK + b"\n\n"), PSK + b"\n")
+        self.assertEqual(psk(b"0x00ff10\n"), b"\x00\xff\x10")
+
+    def test_psk_never_shown(self):
+        """The PSK shows in no repr of the configuration or policy, and in no error about the same file."""
+        path = self.secret_file()
+        config = parse_config({"peers": [{"address": "any", "psk_file": path}]})
+        for text in (repr(config), str(config), repr(policy_from_config(config)), repr(config.peers[0].psk)):
+            self.assertNotIn(PSK.decode(), text)
+            self.assertNotIn(PSK.hex(), text)
+        self.assertIn(path, repr(config.peers[0].psk))
+        e = self.error(self.peer(address="any", psk_file=path) + "[ike]\nnat_t = 1\n")
+        self.assertNotIn(PSK.decode(), str(e))
+
+    def test_psk_env(self):
+        """psk_env reads the PSK from an environment variable; an unset or empty one is refused by name."""
+        self.patch(os, "environb", {b"GDOI_TEST_PSK": PSK + b"\n", b"GDOI_EMPTY": b""})
+        config = parse_config({"peers": [{"address": "any", "psk_env": "GDOI_TEST_PSK"}]})
+        self.assertEqual(policy_from_config(config).psk_for_address("198.51.100.1"), PSK)
+        self.assertEqual(config.peers[0].psk.source, "environment variable GDOI_TEST_PSK")
+        self.assertNotIn(PSK.decode(), repr(config))
+        e = self.error(self.peer(address="any", psk_env="GDOI_UNSET_PSK"))
+        self.assertEqual((e.key, e.problem),
+                         ("peers[0].psk_env", 'the environment variable "GDOI_UNSET_PSK" is not set'))
+        self.assertIn("is empty", self.error(self.peer(address="any", psk_env="GDOI_EMPTY")).problem)
+        e = self.error(self.peer(address="any", psk_env="GDOI_TEST_PSK", psk_file=self.secret_file()))
+        self.assertEqual(e.key, "peers[0].psk_env")
+
+    def test_3des_needs_opt_in(self):
+        """3DES is refused without security.allow_legacy_3des, and the message says so."""
+        e = self.error('[ike]\nproposals = [{encryption = "3des", hash = "sha256", group = 14, auth = "psk"}]\n')
+        self.assertEqual(e.key, "ike.proposals[0].encryption")
+        self.assertIn("security.allow_legacy_3des", e.problem)
+
+    def test_weak_groups_need_opt_in(self):
+        """MODP groups 2 and 5 need security.allow_weak_dh_groups; group 1 and unknown groups are never taken."""
+        e = self.error('[ike]\nproposals = [{encryption = "aes128", hash = "sha256", group = 2, auth = "psk"}]\n')
+        self.assertEqual(e.key, "ike.proposals[0].group")
+        self.assertIn("security.allow_weak_dh_groups", e.problem)
+        for group in (1, 7, "14"):
+            e = self.error(f'[security]\nallow_weak_dh_groups = true\n[ike]\nproposals = [{{encryption = "aes128", '
+                           f'hash = "sha256", group = {_toml(group)}, auth = "psk"}}]\n')
+            self.assertEqual(e.key, "ike.proposals[0].group")
+            self.assertIn("expected one of 14, 15, 16, 19, 20, 21, 2, 5", e.problem)
+
+    def test_proposal_errors(self):
+        """Unknown names, a missing key, ECDSA with SHA-1, a duplicate and a short lifetime are each refused."""
+        base = {"encryption": "aes128", "hash": "sha256", "group": 14, "auth": "psk"}
+
+        def problem(*proposals):
+            e = self.assertRaises(ConfigError, parse_config, {"ike": {"proposals": list(proposals)}})
+            return e.key, e.problem
+
+        self.assertEqual(problem({**base, "encryption": "des"}), (
+            "ike.proposals[0].encryption", 'got "des", expected one of "aes128", "aes192", "aes256", "3des"'))
+        self.assertEqual(problem({**base, "hash": "md5"})[0], "ike.proposals[0].hash")
+        self.assertEqual(problem({**base, "auth": "xauth"})[0], "ike.proposals[0].auth")
+        self.assertEqual(problem({k: v for k, v in base.items() if k != "auth"}),
+                         ("ike.proposals[0].auth", "missing (this key is required)"))
+        key, text = problem({**base, "auth": "ecdsa", "hash": "sha1"})
+        self.assertEqual(key, "ike.proposals[0].auth")
+        self.assertIn("RFC 4754", text)
+        self.assertEqual(problem(base, {**base, "lifetime": 600}),
+                         ("ike.proposals[1]", "aes128-sha256-group14-psk duplicates ike.proposals[0]"))
+        self.assertEqual(problem({**base, "lifetime": 59})[0], "ike.proposals[0].lifetime")
+        self.assertEqual(problem(), ("ike.proposals", "has 0 items, expected at least 1"))
+
+    def test_ike_numbers(self):
+        """Durations take integers or decimals within their range, never strings or booleans; the per-peer cap may
+        not exceed the total."""
+        self.assertEqual(parse_config({"ike": {"retransmit_initial": 1}}).ike.retransmit_initial, 1.0)
+        for bad in ("2", True, 0.05, 61):
+            e = self.assertRaises(ConfigError, parse_config, {"ike": {"retransmit_initial": bad}})
+            self.assertEqual(e.key, "ike.retransmit_initial")
+            self.assertIn("expected a number of seconds from 0.1 to 60", e.problem)
+        e = self.error("[ike]\nhalfopen_per_peer = 10\nhalfopen_total = 5\n")
+        self.assertEqual((e.key, e.problem), ("ike.halfopen_per_peer", "10 is more than ike.halfopen_total (5)"))
+        self.assertEqual(self.error("[ike]\ndpd_delay = -1\n").key, "ike.dpd_delay")
+        self.assertEqual(self.error("[server]\nnat_t_port = 65536\n").key, "server.nat_t_port")
+
+    def test_peer_errors(self):
+        """Each contradiction in a peer entry is refused, naming the entry and key."""
+        psk, key, cert = self.secret_file(), self.secret_file(b"k"), self.secret_file(b"c", 0o644)
+        cases = [
+            (dict(auth="psk", psk_file=psk), "peers[0]", "has neither address nor id"),
+            (dict(address="any", auth="psk"), "peers[0].auth", '"psk" needs psk_file or psk_env'),
+            (dict(address="any", auth="rsa", psk_file=psk), "peers[0].auth", "yet a pre-shared key is set"),
+            (dict(address="any", certificate=cert), "peers[0].private_key", "missing: certificate and private_key"),
+            (dict(address="any", auth="ecdsa", certificate=cert, private_key=key), "peers[0].ca", "needs certificate"),
+            (dict(address="any", auth="rsa"), "peers[0].certificate", "needs certificate, private_key and ca"),
+            (dict(address="192.0.2.1/24"), "peers[0].address", "no host bits"),
+            (dict(address="peer.example.org"), "peers[0].address", 'or "any"'),
+            (dict(id="192.0.2.1", id_type="fqdn"), "peers[0].id", "a domain name"),
+            (dict(id="gw.example.org", id_type="ipv4_addr"), "peers[0].id", "an IPv4 address"),
+            (dict(id="gw.example.org", id_type="user_fqdn"), "peers[0].id", "user@domain.example"),
+            (dict(address="any", id_type="fqdn"), "peers[0].id_type", "is set without id"),
+            (dict(address="any", ca=[os.path.abspath(self.mktemp())]), "peers[0].ca[0]", "not a readable file"),
+            (dict(address="any", private_key=self.secret_file(b"k", 0o644), certificate=cert),
+             "peers[0].private_key", "has mode 0644, expected 0600 or stricter"),
+        ]
+        for keys, where, text in cases:
+            e = self.error(self.peer(**keys))
+            self.assertEqual(e.key, where, keys)
+            self.assertIn(text, e.problem)
+
+    def test_duplicate_peers(self):
+        """Two entries for the same address and id are refused; the same address with different ids is not."""
+        psk = self.secret_file()
+        e = self.error(self.peer(address="::1", psk_file=psk) + self.peer(address="0::1", psk_file=psk))
+        self.assertEqual((e.key, e.problem), ("peers[1]", 'address "::1" and no id duplicate peers[0]'))
+        e = self.error(self.peer(id="GW.example.org", psk_file=psk) + self.peer(id="gw.example.org", psk_file=psk))
+        self.assertEqual(e.key, "peers[1]")
+        parse_config({"peers": [{"address": "any", "id": "a.example"}, {"address": "any", "id": "b.example"}]})
+
+    def test_identity(self):
+        """[identity] id gives our ID payload; its type follows from the value unless id_type says."""
+        def local_id(**keys):
+            return policy_from_config(parse_config({"identity": keys})).local_id
+
+        self.assertEqual(local_id(id="192.0.2.5"), Identification.of(ipaddress.ip_address("192.0.2.5")))
+        self.assertEqual(local_id(id="2001:db8::5"), Identification.of(ipaddress.ip_address("2001:db8::5")))
+        self.assertEqual(local_id(id="ks@example.org"), Identification(IDType.USER_FQDN, 0, 0, b"ks@example.org"))
+        self.assertEqual(local_id(id="ks.example.org"), Identification(IDType.FQDN, 0, 0, b"ks.example.org"))
+        self.assertEqual(local_id(id="group key server", id_type="key_id"),
+                         Identification(IDType.KEY_ID, 0, 0, b"group key server"))
+        e = self.error('[identity]\nid = "ks.example.org"\nid_type = "ipv6_addr"\n')
+        self.assertEqual(e.key, "identity.id")
+        self.assertEqual(self.error('[identity]\nid_type = "fqdn"\n').key, "identity.id_type")
+
+    def test_psk_for_address_precedence(self):
+        """Main Mode's PSK lookup: an exact address beats a network, a longer prefix a shorter one, and "any" comes
+        last; the most specific entry decides even when it has no PSK."""
+        issued = pki.hierarchy("p256")
+        key = pki.write_key(os.path.abspath(self.mktemp()), issued.leaf.key)
+        cert = pki.write_certificates(os.path.abspath(self.mktemp()), issued.leaf.certificate)
+        peers = [
+            {"address": "any", "psk_file": self.secret_file(b"any")},
+            {"address": "192.0.2.0/24", "psk_file": self.secret_file(b"net24")},
+            {"address": "192.0.2.0/28", "psk_file": self.secret_file(b"net28")},
+            {"address": "192.0.2.1", "psk_file": self.secret_file(b"exact")},
+            {"address": "192.0.2.9", "auth": "rsa", "certificate": cert, "private_key": key, "ca": [cert]},
+            {"address": "2001:db8::/32", "psk_file": self.secret_file(b"v6")},
+        ]
+        lookup = policy_from_config(parse_config({"peers": peers})).psk_for_address
+        self.assertEqual(
+            [lookup(a) for a in ("192.0.2.1", "192.0.2.2", "192.0.2.100", "198.51.100.1", "2001:db8::7", "::1")],
+            [b"exact", b"net28", b"net24", b"any", b"v6", b"any"],
+        )
+        self.assertIsNone(lookup("192.0.2.9"))
+        self.assertIsNone(lookup("not an address"))
+        self.assertIsNone(policy_from_config(parse_config({"peers": peers[1:]})).psk_for_address("198.51.100.1"))
+
+    def test_psk_for_identity(self):
+        """Aggressive Mode's PSK lookup by the peer's ID payload: type and data, domain names in any case."""
+        peers = [
+            {"id": "member.example.org", "psk_file": self.secret_file(b"fqdn")},
+            {"id": "Alice@Example.org", "psk_file": self.secret_file(b"user")},
+            {"id": "192.0.2.1", "psk_file": self.secret_file(b"ip")},
+            {"id": "k1", "id_type": "key_id", "psk_file": self.secret_file(b"key")},
+        ]
+        lookup = policy_from_config(parse_config({"peers": peers})).psk_for_identity
+        self.assertEqual(lookup(Identification(IDType.FQDN, 17, 500, b"MEMBER.example.org")), b"fqdn")
+        self.assertEqual(lookup(Identification.of("alice@example.org")), b"user")
+        self.assertEqual(lookup(Identification.of(ipaddress.ip_address("192.0.2.1"))), b"ip")
+        self.assertEqual(lookup(Identification.key_id(b"k1")), b"key")
+        self.assertIsNone(lookup(Identification.key_id(b"K1")))
+        self.assertIsNone(lookup(Identification.of("member.example.org.evil")))
+        self.assertIsNone(lookup(Identification(IDType.USER_FQDN, 0, 0, b"member.example.org")))
+
+
+def _toml(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -52,6 +52,10 @@ class Phase1Policy:
     retransmit_initial: float = 2.0
     retransmit_tries: int = 5
     exchange_timeout: float = 60.0
+    #: Vendor IDs sent in the first message of each side besides the NAT-T one (e.g. DPD's, RFC 3706 section 2).
+    vendor_ids: tuple[bytes, ...] = ()
+    #: Our UDP port for NAT-T: a message that arrives on it has floated (RFC 3947 section 4).
+    nat_t_port: int = 4500
 
 
 @attrs.frozen
@@ -76,6 +80,14 @@ class ISAKMPSA:
     established_at: float
     nat_t: bool = False
     peer_certificate: bytes | None = attrs.field(default=None, repr=False)
+    #: The peer's Vendor ID payloads in Phase 1 (DPD support is announced there, RFC 3706 section 2).
+    peer_vendor_ids: tuple[bytes, ...] = ()
+    #: The peer sent INITIAL-CONTACT in its last Phase 1 message (RFC 2407 section 4.6.3.3).
+    initial_contact: bool = False
+    #: NAT-D results (RFC 3947 section 3.2): a NAT in front of us (we send keepalives, RFC 3948 section 4), or
+    #: in front of the peer.
+    local_behind_nat: bool = False
+    peer_behind_nat: bool = False
 
     @property
     def spi(self) -> bytes:

@@ -1,8 +1,13 @@
-"""The UDP adapter: datagrams in, decoded :class:`~gdoiserver.codec.Message` objects out to a dispatcher.
+"""The UDP adapter: datagrams in, decoded :class:`~gdoiserver.codec.Message` objects out to the IKE engine.
 
 ``datagramReceived`` never raises.  What it cannot decode it counts and logs (never more of the datagram than a
 short hex prefix of the header) and drops; an exception anywhere else is a bug, which it counts as
 ``internal_error`` and logs with its traceback before it goes on serving.
+
+A decoded message goes to ``engine.datagram_received(message, raw, source, listener)``
+(:class:`gdoiserver.net.ike.IKEEngine`), which answers through :meth:`ISAKMPProtocol.send`; without an engine, to a
+plain ``dispatcher(message, source, local_port)``.  On the NAT-T port every ISAKMP message carries the non-ESP
+marker (RFC 3948 section 2.2): stripped here on the way in, added here on the way out.
 """
 
 from collections import Counter
@@ -50,17 +55,39 @@ class ISAKMPProtocol(DatagramProtocol):
         dispatcher: Dispatcher | None = None,
         max_datagram_size: int = 65535,
         nat_t_ports: frozenset = NAT_T_PORTS,
+        engine=None,
+        nat_t: bool | None = None,
     ):
+        """``nat_t`` says whether this is a NAT-T socket; None: whether its port is one of ``nat_t_ports``."""
         self.counters = Counter() if counters is None else counters
         self.dispatcher = self.not_handled_yet if dispatcher is None else dispatcher
         self.max_datagram_size = max_datagram_size
         self.nat_t_ports = nat_t_ports
+        self.engine = engine
+        self.nat_t = nat_t
         self.local_port: int | None = None
+        self.local_address: tuple | None = None
+
+    @property
+    def is_nat_t(self) -> bool:
+        return self.nat_t if self.nat_t is not None else self.local_port in self.nat_t_ports
 
     def startProtocol(self):
         host = self.transport.getHost()
         self.local_port = host.port
-        self.log.info("ISAKMP listening on {address}/udp", address=format_address(host.host, host.port))
+        self.local_address = (host.host, host.port)
+        self.log.info("ISAKMP listening on {address}/udp{nat_t}", address=format_address(host.host, host.port),
+                      nat_t=" (NAT-T)" if self.is_nat_t else "")
+        if self.engine is not None:
+            self.engine.attach(self)
+
+    def stopProtocol(self):
+        if self.engine is not None:
+            self.engine.detach(self)
+
+    def send(self, data: bytes, peer: tuple) -> None:
+        """Send one ISAKMP message to ``peer``, behind the non-ESP marker on a NAT-T socket."""
+        self.transport.write(NON_ESP_MARKER + data if self.is_nat_t else data, peer)
 
     def datagramReceived(self, datagram: bytes, addr):
         self.counters["received"] += 1
@@ -83,7 +110,7 @@ class ISAKMPProtocol(DatagramProtocol):
                 length=len(data), source=source, limit=self.max_datagram_size,
             )
             return
-        if self.local_port in self.nat_t_ports:
+        if self.is_nat_t:
             data = self._demultiplex(data, source)
             if data is None:
                 return
@@ -97,7 +124,10 @@ class ISAKMPProtocol(DatagramProtocol):
             )
             return
         self.counters["decoded"] += 1
-        self.dispatcher(message, addr, self.local_port)
+        if self.engine is not None:
+            self.engine.datagram_received(message, data, addr, self)
+        else:
+            self.dispatcher(message, addr, self.local_port)
 
     def _demultiplex(self, data: bytes, source: str) -> bytes | None:
         """The ISAKMP message in a datagram on a NAT-T port, or None for a keepalive or ESP (RFC 3948 section 2)."""

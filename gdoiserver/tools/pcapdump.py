@@ -1,11 +1,16 @@
 """Print the ISAKMP messages of a pcap or pcapng capture as JSON lines, and check that each re-encodes exactly.
 
-    python -m gdoiserver.tools.pcapdump FILE [--doi N]
+    python -m gdoiserver.tools.pcapdump FILE [--doi N] [--keylog KEYLOG]
 
 One line per ISAKMP message (UDP 500, 848, and 4500 behind the non-ESP marker): frame number and time, addresses
-and ports, the header, the payload chain and every unencrypted payload's fields.  Exit status: 0 when every message
-decodes and re-encodes to its own octets, 1 when one does not (its line carries ``error``), 2 when the capture
-cannot be read.
+and ports, the header, the payload chain and every unencrypted payload's fields.  With ``--keylog`` (one
+``<initiator cookie hex>,<encryption key hex>`` line per ISAKMP SA, as Wireshark's ikev1_decryption_table and the
+daemon's keylog have it) encrypted messages are decrypted too: their line shows the decrypted payloads with
+``"decrypted": true`` and must re-encrypt to the captured octets, or carries ``decrypt_error`` with the reason.
+
+Exit status: 0 when every message decodes and re-encodes (re-encrypts) to its own octets and, with --keylog, every
+encrypted message decrypts; 1 when one does not (its line carries ``error`` or ``decrypt_error``); 2 when the
+capture or the keylog cannot be read.
 """
 
 import argparse
@@ -15,6 +20,7 @@ from collections.abc import Callable
 
 from gdoiserver.codec import DOI, Context, DecodeError, EncodeError, Message, decode_message
 from gdoiserver.codec.payload import RFC3547, RFC6407
+from gdoiserver.tools.decrypt import Decryption, Decryptor, KeylogError, read_keylog
 from gdoiserver.tools.jsonview import message_view
 from gdoiserver.tools.pcap import CaptureError, Datagram, isakmp_messages, read_udp
 
@@ -23,9 +29,11 @@ GDOI_PORT = 848
 
 #: The decryption hook.  It is called with (datagram, message, doi) for every decoded message in capture order, so
 #: that it can follow each exchange (IKEv1 IVs chain from message to message, RFC 2409 appendix B).  For an
-#: encrypted message it returns the message with its body decrypted (see :meth:`Message.with_plaintext`), or None
-#: when it holds no key for it; it raises DecodeError when the plaintext does not decode.
-Decryptor = Callable[[Datagram, Message, int], Message | None]
+#: encrypted message it returns the message with its body decrypted (see :meth:`Message.with_plaintext`), or a
+#: :class:`Decryption` (the decrypted message and the IV chain to re-encrypt it with, or why it does not decrypt),
+#: or None when it has nothing to say; it may raise DecodeError when the plaintext does not decode.
+#: :class:`gdoiserver.tools.decrypt.Decryptor` is one.
+DecryptionHook = Callable[[Datagram, Message, int], Decryption | Message | None]
 
 
 def message_doi(d: Datagram, doi: int | None = None) -> int:
@@ -39,25 +47,29 @@ def _error(e: DecodeError) -> dict:
     return {"notify": e.notify.name, "reason": e.reason, "offset": e.offset}
 
 
-def _reencode_error(message: Message, data: bytes, doi: int) -> dict | None:
-    """None when ``message`` encodes back to ``data``; GDOI messages may be in either RFC's layout."""
+def _reencode_error(message: Message, data: bytes, doi: int, chain=None) -> dict | None:
+    """None when ``message`` encodes back to ``data`` (encrypted under the IV chain ``chain`` if given); GDOI
+    messages may be in either RFC's layout."""
+    verb = "re-encrypt" if chain is not None else "re-encode"
     failure = None
     for layout in (RFC6407, RFC3547) if doi == DOI.GDOI else (RFC6407,):
+        ctx = Context(doi=doi, exchange_type=message.exchange_type, gdoi_format=layout)
         try:
-            again = message.encode(Context(doi=doi, exchange_type=message.exchange_type, gdoi_format=layout))
+            again = chain.encrypt(message, ctx)[0] if chain is not None else message.encode(ctx)
         except EncodeError as e:
-            failure = failure or {"reason": f"does not re-encode: {e}", "offset": None}
+            failure = failure or {"reason": f"does not {verb}: {e}", "offset": None}
             continue
         if again == data:
             return None
         offset = next((i for i, (a, b) in enumerate(zip(again, data)) if a != b), min(len(again), len(data)))
-        failure = failure or {"reason": f"re-encodes to different octets ({len(again)} for {len(data)})",
+        failure = failure or {"reason": f"{verb}s to different octets ({len(again)} for {len(data)})",
                               "offset": offset}
     return failure
 
 
-def describe(d: Datagram, data: bytes, doi: int | None = None, decryptor: Decryptor | None = None) -> dict:
-    """The JSON line for one ISAKMP message ``data`` carried by ``d``; it holds ``error`` when the check fails."""
+def describe(d: Datagram, data: bytes, doi: int | None = None, decryptor: DecryptionHook | None = None) -> dict:
+    """The JSON line for one ISAKMP message ``data`` carried by ``d``; it holds ``error`` when the check fails and
+    ``decrypt_error`` when ``decryptor`` cannot decrypt it."""
     doi = message_doi(d, doi)
     line = {"frame": d.frame, "time": d.time, "src": d.src, "sport": d.sport, "dst": d.dst, "dport": d.dport,
             "doi": doi, "length": len(data)}
@@ -74,27 +86,43 @@ def describe(d: Datagram, data: bytes, doi: int | None = None, decryptor: Decryp
         line["error"] = failure
     if decryptor is not None:
         try:
-            clear = decryptor(d, message, doi)
+            result = decryptor(d, message, doi)
         except DecodeError as e:
             line.setdefault("error", _error(e))
             return line
-        if clear is not None and message.encrypted:
-            view = message_view(clear, doi)
-            line.update(chain=view["chain"], payloads=view["payloads"], decrypted=True)
-            if "padding" in view:
-                line["padding"] = view["padding"]
+        if isinstance(result, Message):
+            result = Decryption(result)
+        if result is not None and message.encrypted:
+            _show_decryption(line, result, data, doi)
     return line
 
 
-def dump(source, out, doi: int | None = None, decryptor: Decryptor | None = None, notes=None) -> int:
-    """Write one JSON line per ISAKMP message of the capture ``source`` to ``out``; return 1 if any failed, else 0.
+def _show_decryption(line: dict, result: Decryption, data: bytes, doi: int) -> None:
+    if result.retransmission:
+        line["retransmission"] = True
+    if result.error is not None:
+        line["decrypt_error"] = result.error
+        return
+    view = message_view(result.message, doi)
+    line.update(chain=view["chain"], payloads=view["payloads"], decrypted=True)
+    if "padding" in view:
+        line["padding"] = view["padding"]
+    if result.chain is not None:  # the round trip of an encrypted message: decrypt, decode, encode, encrypt
+        failure = _reencode_error(result.message, data, doi, result.chain)
+        if failure:
+            line.setdefault("error", failure)
+
+
+def dump(source, out, doi: int | None = None, decryptor: DecryptionHook | None = None, notes=None) -> int:
+    """Write one JSON line per ISAKMP message of the capture ``source`` to ``out``; return 1 if any failed to
+    decode, re-encode or decrypt, else 0.
 
     Raises :class:`CaptureError` (or OSError) when the capture cannot be read; lines already written stay.
     """
     status = 0
     for d, data in isakmp_messages(read_udp(source, notes)):
         line = describe(d, data, doi, decryptor)
-        if "error" in line:
+        if "error" in line or "decrypt_error" in line:
             status = 1
         out.write(json.dumps(line) + "\n")
     return status
@@ -104,10 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gdoiserver.tools.pcapdump",
         description="Print the ISAKMP messages of a pcap or pcapng capture as JSON lines and check that each "
-        "decodes and re-encodes to the same octets (exit 1 if not, 2 if the capture cannot be read).",
+        "decodes and re-encodes to the same octets (exit 1 if not, or if --keylog is given and an encrypted message "
+        "does not decrypt; 2 if the capture or the keylog cannot be read).",
     )
     parser.add_argument("file", help="pcap or pcapng capture")
     parser.add_argument("--doi", type=int, help="read every message under this DOI (default: 2 on UDP 848, else 1)")
+    parser.add_argument("--keylog", metavar="KEYLOG", help="decrypt with the Phase 1 keys of this file: one "
+                        "'<initiator cookie hex>,<encryption key hex>' line per ISAKMP SA (# starts a comment)")
     return parser
 
 
@@ -117,11 +148,21 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help, or a usage error already reported by argparse
         return e.code if isinstance(e.code, int) else 2
 
-    def note(message):
-        print(f"pcapdump: {args.file}: {message}", file=sys.stderr)
+    def note(message, path=args.file):
+        print(f"pcapdump: {path}: {message}", file=sys.stderr)
 
+    decryptor = None
+    if args.keylog is not None:
+        try:
+            decryptor = Decryptor(read_keylog(args.keylog))
+        except KeylogError as e:
+            note(e.reason, f"{e.source}:{e.line}")
+            return 2
+        except OSError as e:
+            note(e.strerror or e, args.keylog)
+            return 2
     try:
-        return dump(args.file, sys.stdout, args.doi, notes=note)
+        return dump(args.file, sys.stdout, args.doi, decryptor, notes=note)
     except CaptureError as e:
         note(e)
     except OSError as e:
