@@ -18,7 +18,7 @@ from gdoiserver.exchanges.effects import CancelTimer, Count, Failed, Send, Start
 from gdoiserver.exchanges.phase1 import INITIATOR, RESPONDER, Phase1Policy, Phase1Proposal
 from tests import pki
 from tests.machine_pair import CAPTURE, DHSpy, MachinePair, seeded_rng
-from tests.test_main_mode import AUTH_BY_KIND, signature_pki
+from tests.test_main_mode import AUTH_BY_KIND, encrypted, signature_pki
 
 I_ADDR, R_ADDR = ("127.0.0.1", 500), ("127.0.0.2", 500)
 INITIATOR_ID, RESPONDER_ID = Identification.of("init.am.test"), Identification.of("resp.am.test")
@@ -80,7 +80,8 @@ class ExchangeTests(unittest.TestCase):
         AM3 encrypted with HASH_I NAT-D NAT-D (NAT-D after the hash, as strongSwan writes it)."""
         p = pair(*policies()).start()
         expected = [
-            (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)), (INITIATOR, StartTimer("exchange_timeout", 60.0)),
+            (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)),
+            (INITIATOR, StartTimer("exchange_timeout", 60.0)),
             (RESPONDER, "Send"), (RESPONDER, StartTimer("exchange_timeout", 60.0)),
             (INITIATOR, "Send"), (INITIATOR, CancelTimer("retransmit")), (INITIATOR, CancelTimer("exchange_timeout")),
             (INITIATOR, "Established"),
@@ -127,7 +128,7 @@ class ExchangeTests(unittest.TestCase):
         """An AM3 sent in the clear (RFC 2409's figure) is accepted just as an encrypted one; the chain then
         stays at the first IV."""
         p = pair(*policies())
-        p.intercept = lambda side, send: [] if send.data[19] & 1 else [send.data]
+        p.intercept = lambda side, send: [] if encrypted(send.data) else [send.data]  # AM3 is lost
         p.start()
         am3 = decrypt_am3(p, p.sends(INITIATOR)[-1].data)
         clear = attrs.evolve(am3, flags=0, padding=b"")
@@ -139,7 +140,7 @@ class ExchangeTests(unittest.TestCase):
     def test_am3_nat_d_first(self):
         """An encrypted AM3 with its NAT-D before the hash is accepted too (the grammar puts no order on them)."""
         p = pair(*policies())
-        p.intercept = lambda side, send: [] if send.data[19] & 1 else [send.data]
+        p.intercept = lambda side, send: [] if encrypted(send.data) else [send.data]  # AM3 is lost
         p.start()
         am3 = decrypt_am3(p, p.sends(INITIATOR)[-1].data)
         reordered = attrs.evolve(am3, flags=0, padding=b"", payloads=am3.payloads[1:] + am3.payloads[:1])
@@ -200,7 +201,7 @@ class NegativeTests(unittest.TestCase):
     def test_bad_hash_i(self):
         """An AM3 with a wrong HASH_I: INVALID-HASH-INFORMATION on the responder, nothing sent."""
         p = pair(*policies())
-        p.intercept = lambda side, send: [] if send.data[19] & 1 else [send.data]
+        p.intercept = lambda side, send: [] if encrypted(send.data) else [send.data]  # AM3 is lost
         p.start()
         am3 = decrypt_am3(p, p.sends(INITIATOR)[-1].data)
         forged = attrs.evolve(am3, flags=0, padding=b"", payloads=(Hash(bytes(32)),) + am3.payloads[1:])
@@ -223,7 +224,8 @@ class NegativeTests(unittest.TestCase):
         def short_ke(side, send):
             m = decode_message(send.data)
             if side == INITIATOR:
-                return [attrs.evolve(m, payloads=tuple(KE(bytes(8)) if isinstance(x, KE) else x for x in m.payloads)).encode()]
+                payloads = tuple(KE(bytes(8)) if isinstance(x, KE) else x for x in m.payloads)
+                return [attrs.evolve(m, payloads=payloads).encode()]
             return [send.data]
 
         p.intercept = short_ke
@@ -264,7 +266,7 @@ class RetransmissionTests(unittest.TestCase):
         self.patch(phase1_common, "dh_group", spy.dh_group)
         p = pair(*policies())
         lost = []
-        p.intercept = lambda side, send: (lost.append(send.data) or []) if side == RESPONDER and not lost else [send.data]
+        p.intercept = lambda side, send: lost.append(send.data) or [] if side == RESPONDER and not lost else [send.data]
         p.start()
         self.assertEqual((spy.generated, spy.exchanged), (2, 1))
         p.advance(2.0)
@@ -335,7 +337,8 @@ class StrongSwanTests(unittest.TestCase):
                             local_id=Identification.of("resp.am.test"))
         responder = AggressiveMode.responder(resp)
         am1 = CAPTURE["am1"]
-        effects = responder.receive(decode_message(am1), am1, 0.0, seeded_rng(5), peer=("127.0.0.1", 5500), local=R_ADDR)
+        charon = ("127.0.0.1", 5500)
+        effects = responder.receive(decode_message(am1), am1, 0.0, seeded_rng(5), peer=charon, local=R_ADDR)
         am2 = decode_message(effects[0].data)
         self.assertEqual(names(am2.payloads),
                          ["SA", "KE", "Nonce", "Identification", "Hash", "NATD", "NATD", "VendorID"])
@@ -354,7 +357,8 @@ class StrongSwanTests(unittest.TestCase):
         h = hash_algorithm(OakleyHash.SHA2_256)
         g_xi, g_xr = get(am1, KE).key_exchange_data, get(am2, KE).key_exchange_data
         skeyid = keys.skeyid_preshared(h, self.PSK, get(am1, Nonce).nonce_data, get(am2, Nonce).nonce_data)
-        args = (h, skeyid, g_xi, g_xr, am2.initiator_cookie, am2.responder_cookie, phase1_common.sa_body(CAPTURE["am1"]))
+        sai_b = phase1_common.sa_body(CAPTURE["am1"])
+        args = (h, skeyid, g_xi, g_xr, am2.initiator_cookie, am2.responder_cookie, sai_b)
         self.assertEqual(get(am2, Hash).hash_data, keys.hash_r(*args, get(am2, Identification).encode_body(None)))
         ka = bytes.fromhex("19dc5ad65a650dbf9b7c2a5ade6b0c0bd34cdeab1bed1da2a43eb61123286a6e")  # the .keys file
         chain = IVChain.phase1(cipher_for(AES, 256), ka, OakleyHash.SHA2_256, g_xi, g_xr)

@@ -52,8 +52,14 @@ def pair(initiator_policy, responder_policy=None, **kw) -> MachinePair:
     return MachinePair(initiator, MainMode.responder(responder_policy), **kw)
 
 
-def kinds(effects) -> list:
-    return [type(e).__name__ for e in effects]
+def kinds(items) -> list:
+    """The class names of effects or payloads."""
+    return [type(e).__name__ for e in items]
+
+
+def encrypted(data: bytes) -> bool:
+    """Whether a datagram's header has the Encryption flag (octet 19, RFC 2408 section 3.1)."""
+    return bool(data[19] & 1)
 
 
 class ExchangeTests(unittest.TestCase):
@@ -112,13 +118,15 @@ class ExchangeTests(unittest.TestCase):
         """The exact effects of a Main Mode exchange, message by message, with the NAT-T payloads."""
         p = pair(psk_policy()).start()
         expected = [
-            (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)), (INITIATOR, StartTimer("exchange_timeout", 60.0)),
+            (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)),
+            (INITIATOR, StartTimer("exchange_timeout", 60.0)),
             (RESPONDER, "Send"), (RESPONDER, StartTimer("exchange_timeout", 60.0)),
             (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)),
             (RESPONDER, "Send"),
             (INITIATOR, "Send"), (INITIATOR, StartTimer("retransmit", 2.0)),
             (RESPONDER, "Send"), (RESPONDER, CancelTimer("exchange_timeout")), (RESPONDER, "Established"),
-            (INITIATOR, CancelTimer("retransmit")), (INITIATOR, CancelTimer("exchange_timeout")), (INITIATOR, "Established"),
+            (INITIATOR, CancelTimer("retransmit")), (INITIATOR, CancelTimer("exchange_timeout")),
+            (INITIATOR, "Established"),
         ]
         got = [(s, e if isinstance(e, (StartTimer, CancelTimer)) else type(e).__name__) for s, e in p.log]
         self.assertEqual(got, expected)
@@ -260,7 +268,8 @@ class VectorTests(unittest.TestCase):
             return c.update(datagram[28:]) + c.finalize()
 
         self.assertEqual(decrypt(mm5, iv), bytes.fromhex("0800000c") + idii_b + bytes.fromhex("00000024") + hash_i)
-        self.assertEqual(decrypt(mm6, mm5[-16:]), bytes.fromhex("0800000c") + idir_b + bytes.fromhex("00000024") + hash_r)
+        mm6_plaintext = bytes.fromhex("0800000c") + idir_b + bytes.fromhex("00000024") + hash_r
+        self.assertEqual(decrypt(mm6, mm5[-16:]), mm6_plaintext)  # MM6 chains on from MM5's last block
         self.assertEqual(mm5[16:20], bytes.fromhex("05100201"))  # Next Payload ID, 1.0, Main Mode, flags E
         sa = p.established[RESPONDER]
         self.assertEqual((sa.keys.skeyid, sa.keys.skeyid_d, sa.keys.skeyid_a, sa.keys.skeyid_e),
@@ -289,7 +298,7 @@ class NegativeTests(unittest.TestCase):
     def test_bad_hash(self):
         """An MM5 that decrypts but whose HASH_I is wrong: INVALID-HASH-INFORMATION, nothing sent."""
         p = pair(psk_policy())
-        p.intercept = lambda side, send: [] if send.data[18] == ExchangeType.MAIN_MODE and send.data[19] & 1 else [send.data]
+        p.intercept = lambda side, send: [] if encrypted(send.data) else [send.data]  # MM5 and MM6 are lost
         p.start()
         ini = p.initiator
         self.assertEqual(ini.state, "MM5_SENT")
@@ -418,7 +427,7 @@ class NegativeTests(unittest.TestCase):
         """An encrypted MM5 whose ciphertext is cut short, or is random octets: PAYLOAD-MALFORMED, no answer."""
         for body in ("truncated", "garbage"):
             p = pair(psk_policy())
-            p.intercept = lambda side, send: [] if send.data[19] & 1 and side == INITIATOR else [send.data]
+            p.intercept = lambda side, send: [] if encrypted(send.data) and side == INITIATOR else [send.data]
             p.start()
             mm5 = p.sends(INITIATOR)[-1].data
             ciphertext = mm5[28:-3] if body == "truncated" else bytes(range(len(mm5) - 28))
@@ -436,15 +445,16 @@ class NegativeTests(unittest.TestCase):
         self.assertEqual(p.responder.state, "MM2_SENT")
         ini = p.initiator
         cookies = (ini.initiator_cookie, ini.responder_cookie)
-        encrypted = Message(*cookies, ExchangeType.MAIN_MODE, 1, 0, (), ciphertext=bytes(32), next_payload=5)
+        sealed = Message(*cookies, ExchangeType.MAIN_MODE, 1, 0, (), ciphertext=bytes(32), next_payload=5)
         mid = Message(*cookies, ExchangeType.MAIN_MODE, 0, 7, (KE(bytes(64)), Nonce(bytes(16))))
         other = Message(*cookies, ExchangeType.AGGRESSIVE, 0, 0, (KE(bytes(64)), Nonce(bytes(16))))
-        for m, counter in ((encrypted, "dropped_unexpected"), (mid, "dropped_unexpected"), (other, "dropped_other_exchange")):
+        cases = ((sealed, "dropped_unexpected"), (mid, "dropped_unexpected"), (other, "dropped_other_exchange"))
+        for m, counter in cases:
             p.deliver(RESPONDER, m.encode(), peer=I_ADDR, local=R_ADDR)
             self.assertEqual(p.effects(RESPONDER)[-1], Count(counter))
         self.assertEqual(p.responder.state, "MM2_SENT")
         # A new responder given anything but an MM1 is over at once: it has nothing to wait for.
-        for m in (mid, attrs.evolve(encrypted, responder_cookie=bytes(8))):
+        for m in (mid, attrs.evolve(sealed, responder_cookie=bytes(8))):
             fresh = MainMode.responder(psk_policy())
             effects = fresh.receive(m, m.encode(), 0.0, seeded_rng(2), peer=I_ADDR, local=R_ADDR)
             self.assertEqual(kinds(effects), ["Count", "Failed"])
@@ -515,7 +525,7 @@ class RetransmissionTests(unittest.TestCase):
         lost = []
 
         def lose_mm6_once(side, send):
-            if side == RESPONDER and send.data[19] & 1 and not lost:  # the Encryption flag: MM6
+            if side == RESPONDER and encrypted(send.data) and not lost:  # MM6
                 lost.append(send.data)
                 return []
             return [send.data]
@@ -669,12 +679,14 @@ class StrongSwanMessageTests(unittest.TestCase):
         m = decode_message(mm2[0].data)
         self.assertEqual(responder.proposal, SUITE)
         self.assertIn(VendorID(NAT_T_VENDOR_ID), m.payloads)
-        self.assertEqual(m.payloads[0].proposals[0].transforms, decode_message(CAPTURE["mm1"]).payloads[0].proposals[0].transforms)
+        offered = decode_message(CAPTURE["mm1"]).payloads[0].proposals[0].transforms
+        self.assertEqual(m.payloads[0].proposals[0].transforms, offered)  # charon's one transform, echoed
         mm4 = responder.receive(decode_message(CAPTURE["mm3"]), CAPTURE["mm3"], 0.0, rng, peer=peer, local=local)
-        self.assertEqual([type(x).__name__ for x in decode_message(mm4[0].data).payloads], ["KE", "Nonce", "NATD", "NATD"])
+        self.assertEqual(kinds(decode_message(mm4[0].data).payloads), ["KE", "Nonce", "NATD", "NATD"])
         self.assertTrue(responder.nat.peer_behind_nat)
         mm5 = CAPTURE["mm5"]
-        effects = responder.receive(decode_message(mm5), mm5, 0.0, rng, peer=("127.0.0.1", 5501), local=("127.0.0.2", 4500))
+        floated = {"peer": ("127.0.0.1", 5501), "local": ("127.0.0.2", 4500)}
+        effects = responder.receive(decode_message(mm5), mm5, 0.0, rng, **floated)
         self.assertEqual(kinds(effects), ["CancelTimer", "Failed"])
         self.assertEqual(effects[-1].notify, NotifyType.PAYLOAD_MALFORMED)
 

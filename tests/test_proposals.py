@@ -5,7 +5,7 @@ import attrs
 from twisted.trial import unittest
 
 from gdoiserver.codec.attributes import Attribute
-from gdoiserver.codec.constants import DOI, OakleyAttr, OakleyAuth, OakleyEncryption, OakleyHash, ProtocolID
+from gdoiserver.codec.constants import DOI, OakleyAuth, OakleyEncryption, OakleyHash, ProtocolID
 from gdoiserver.codec.payload import Context
 from gdoiserver.codec.payloads import SA, Proposal, Transform
 from gdoiserver.exchanges import proposals
@@ -32,7 +32,8 @@ def T(number, *attributes, transform_id=1) -> Transform:
 
 def suite(number, p: Phase1Proposal, life=None) -> Transform:
     """A peer's transform for ``p`` with Life Duration ``life`` (None: no life attributes at all)."""
-    attrs_ = [(1, p.encryption)] + ([(14, p.key_length)] if p.key_length else []) + [(2, p.hash), (3, p.auth), (4, p.group)]
+    key_length = [(14, p.key_length)] if p.key_length else []
+    attrs_ = [(1, p.encryption), *key_length, (2, p.hash), (3, p.auth), (4, p.group)]
     if life is not None:
         attrs_ += [(11, 1), (12, life)]
     return T(number, *attrs_)

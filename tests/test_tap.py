@@ -17,7 +17,7 @@ from twisted.logger import Logger, formatEvent
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
-from gdoiserver.codec import Message, VendorID
+from gdoiserver.codec import Message, NotifyType, VendorID, decode_message
 from gdoiserver.config import load_config
 from gdoiserver.service import GDOIService
 from gdoiserver.tap import Options, makeService
@@ -37,6 +37,7 @@ def write_config(case: unittest.TestCase, text: str) -> str:
 
 LOOPBACK_PORT_0 = """\
 [server]
+nat_t_port = 0
 listen = [
     { address = "127.0.0.1", port = 0 },
     { address = "::1", port = 0 },
@@ -71,13 +72,14 @@ class MakeServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_starts_and_stops(self):
-        """makeService on a port-0 loopback config binds IPv4 and IPv6 ports at start and releases them at stop."""
+        """makeService on a port-0 loopback config binds IPv4 and IPv6 ports (ISAKMP and NAT-T) at start and releases
+        them at stop."""
         service = makeService(self.options(write_config(self, LOOPBACK_PORT_0)))
         self.assertIsInstance(service, GDOIService)
         service.startService()
         try:
             hosts = service.addresses()
-            self.assertEqual([h.host for h in hosts], ["127.0.0.1", "::1"])
+            self.assertEqual(sorted(h.host for h in hosts), ["127.0.0.1", "127.0.0.1", "::1", "::1"])
             self.assertTrue(all(h.port > 0 for h in hosts), hosts)
         finally:
             yield service.stopService()
@@ -241,7 +243,7 @@ class ProcessTests(unittest.TestCase):
         self.assertNotIn("Traceback", proc.stdout + proc.stderr)
 
     def check_serves(self, command: list):
-        config = write_config(self, '[server]\nlisten = [{ address = "127.0.0.1", port = 0 }]\n')
+        config = write_config(self, '[server]\nnat_t_port = 0\nlisten = [{ address = "127.0.0.1", port = 0 }]\n')
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen([*command, "gdoi", "--config", config], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -249,9 +251,15 @@ class ProcessTests(unittest.TestCase):
             out = Output(proc, time.monotonic() + PROCESS_SECONDS)
             port = int(out.wait_for(r"ISAKMP listening on 127\.0\.0\.1:(\d+)/udp").group(1))
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(PROCESS_SECONDS)
                 s.sendto(MAIN_MODE_1, ("127.0.0.1", port))
                 s.sendto(MAIN_MODE_1[:40], ("127.0.0.1", port))
-            out.wait_for(r"exchange type 2 \(IDENTITY_PROTECTION/MAIN_MODE\) from 127\.0\.0\.1:\d+ .* not handled yet")
+                # The offered suite is not in the default policy: the answer is NO-PROPOSAL-CHOSEN in the clear.
+                reply = decode_message(s.recv(65535))
+            notify = reply.payloads[0]
+            self.assertEqual((reply.exchange_type, notify.notify_type), (5, NotifyType.NO_PROPOSAL_CHOSEN))
+            self.assertEqual(reply.initiator_cookie, MAIN_MODE_1[:8])
+            out.wait_for(r"Phase 1 failed: responder SA 0102030405060708/\? with 127\.0\.0\.1:\d+ .*matches our policy")
             out.wait_for(r"dropped a malformed datagram from 127\.0\.0\.1:\d+ \(40 octets.*UNEQUAL_PAYLOAD_LENGTHS")
             self.assertNotIn("Traceback", out.text)
         finally:
