@@ -254,11 +254,11 @@ class Selector:
     @classmethod
     def decode_at(cls, body, pos: int, len_size: int) -> tuple["Selector", int]:
         """Read ID Type (1), ID Port (2), ID Data Len (``len_size``) and the data at ``pos``."""
-        _need(body, pos, 3 + len_size, "ID fields")
-        id_type = body[pos]
-        port = int.from_bytes(body[pos + 1 : pos + 3], "big")
-        size = int.from_bytes(body[pos + 3 : pos + 3 + len_size], "big")
-        start = pos + 3 + len_size
+        head = _SELECTOR_HEAD[len_size]
+        if len(body) - pos < head.size:
+            raise DecodeError(_MALFORMED, "payload too short for ID fields", pos)
+        id_type, port, size = head.unpack_from(body, pos)
+        start = pos + head.size
         if size > len(body) - start:
             raise DecodeError(_MALFORMED, f"ID Data Len {size} overruns the payload", pos + 3)
         want = _FIXED_ID_LENGTHS.get(id_type)
@@ -269,7 +269,11 @@ class Selector:
     def encode(self, len_size: int) -> bytes:
         if len(self.data) >= 1 << (8 * len_size):
             raise EncodeError(f"ID data of {len(self.data)} octets does not fit a {len_size}-octet length")
-        return _pack("!BH", self.id_type, self.port) + len(self.data).to_bytes(len_size, "big") + self.data
+        return _SELECTOR_HEAD[len_size].pack(self.id_type, self.port, len(self.data)) + self.data
+
+
+#: ID Type, ID Port and ID Data Len with a one-octet (RFC 3547, and SAK) or two-octet (RFC 6407 TEK) length.
+_SELECTOR_HEAD = {1: struct.Struct("!BHB"), 2: struct.Struct("!BHH")}
 
 
 # --- SA KEK (RFC 6407 section 5.3; RFC 3547 section 5.3) -------------------------------------------------------

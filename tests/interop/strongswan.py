@@ -66,17 +66,21 @@ class Command:
 
 @dataclass
 class Initiation:
-    """What ``swanctl --initiate`` said for one connection."""
+    """What ``swanctl --initiate`` said for one connection (``child`` None: the IKE SA alone was asked for)."""
 
     ike: str
-    child: str
+    child: str | None
     returncode: int
     output: str
     seconds: float
 
     @property
     def established(self) -> bool:
-        return self.returncode == 0 and f"CHILD_SA {self.child}{{" in self.output and "established" in self.output
+        if self.returncode != 0:
+            return False
+        if self.child is None:
+            return re.search(rf"IKE_SA {re.escape(self.ike)}\[\d+\] established", self.output) is not None
+        return f"CHILD_SA {self.child}{{" in self.output and "established" in self.output
 
 
 @dataclass
@@ -108,21 +112,26 @@ class Run:
                 keys[cookies[unique]] = key
         return keys
 
-    def check_established(self, installed: int | None = None) -> None:
-        """Fail unless every initiation reported its CHILD_SA established and every strongSwan side lists
-        ``installed`` (default: one per initiation) ESTABLISHED IKE SAs and INSTALLED CHILD SAs.
+    def check_established(self, installed: int | None = None, *, child: bool = True) -> None:
+        """Fail unless every initiation reported its SA established and every strongSwan side lists ``installed``
+        (default: one per initiation) ESTABLISHED IKE SAs and, with ``child``, INSTALLED CHILD SAs.
 
         The responder's side matters: the initiator can report success after the responder failed (peers.md).
         """
         bad = [i for i in self.initiations if not i.established]
         want = len(self.initiations) if installed is None else installed
-        short = {side: text for side, text in self.sas.items()
-                 if text.count("ESTABLISHED") < want or text.count("INSTALLED") < want}
+        states = ("ESTABLISHED", "INSTALLED") if child else ("ESTABLISHED",)
+        short = {side: text for side, text in self.sas.items() if any(text.count(s) < want for s in states)}
         if bad or short:
             parts = [f"initiation of {i.ike} failed (rc {i.returncode}):\n{_tail(i.output, 15)}" for i in bad]
-            parts += [f"{side} lists fewer than {want} ESTABLISHED/INSTALLED SAs:\n{text}"
+            parts += [f"{side} lists fewer than {want} {'/'.join(states)} SAs:\n{text}"
                       for side, text in short.items()]
             raise AssertionError("\n".join(parts) + "\n" + self.tails())
+
+    def ike_sas(self, side: str) -> list:
+        """[(connection, state, initiator cookie, responder cookie)] of the IKE SAs ``side`` listed at the end."""
+        return [(m[1], m[3], bytes.fromhex(m[4]), bytes.fromhex(m[5]))
+                for m in _LIST_SAS_STATE.finditer(self.sas.get(side, ""))]
 
 
 def missing_tool(sides=(RESPONDER, INITIATOR)) -> str | None:
@@ -180,14 +189,16 @@ def prepare(workdir, sides=(RESPONDER, INITIATOR), profiles=("psk",), files=None
 
 
 def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", commands=(),
-        capture_filter="udp", settle=None, timeout=45.0) -> Run:
+        capture_filter="udp", settle=None, settle_on="child", timeout=45.0) -> Run:
     """Run one case in a fresh namespace and return the capture and logs.
 
     ``strongswan``: the sides to start as strongSwan (leave one out to put our daemon there via ``commands``).
-    ``initiate``: connection names the strongSwan initiator initiates, one after the other, each with ``child``.
-    ``settle``: {side: n}: wait until that strongSwan side lists n INSTALLED CHILD SAs (default: the responder,
-    one per initiation, when both sides are strongSwan).  Raises :class:`HarnessError` if the harness itself
-    fails; a failed initiation is reported in the result (see :meth:`Run.check_established`).
+    ``initiate``: connection names the strongSwan initiator initiates, one after the other, each with ``child``
+    (None: ``swanctl --initiate --ike NAME`` alone, which for IKEv1 sets up the ISAKMP SA without Quick Mode).
+    ``settle``: {side: n}: wait until that strongSwan side lists n INSTALLED CHILD SAs, or with
+    ``settle_on="ike"`` n ESTABLISHED IKE SAs (default: the responder, one per initiation, when both sides are
+    strongSwan).  Raises :class:`HarnessError` if the harness itself fails; a failed initiation is reported in the
+    result (see :meth:`Run.check_established`).
     """
     require(strongswan)
     workdir = Path(workdir).resolve()
@@ -203,6 +214,7 @@ def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", 
         "commands": [asdict(c) for c in commands],
         "filter": capture_filter,
         "settle": settle,
+        "settle_state": {"child": "INSTALLED", "ike": "ESTABLISHED"}[settle_on],
         "timeout": timeout,
     }
     plan_path = workdir / "plan.json"
@@ -244,6 +256,7 @@ def _read_logs(workdir, strongswan, commands) -> dict:
 
 #: "mm-psk: #1, ESTABLISHED, IKEv1, 79945120c451b177_i 5ea215d96fe09c68_r*"
 _LIST_SAS = re.compile(r"^(\S+): #(\d+), \w+, IKEv1, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
+_LIST_SAS_STATE = re.compile(r"^(\S+): #(\d+), (\w+), IKEv1, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
 #: "01:13:15 07[IKE] <mm-psk|1> encryption key Ka => 32 bytes @ 0x55c2f1f492a0"
 _CHUNK_HEAD = re.compile(r"^\S+ (\d+)\[\w+\] <([^>]*)> (.*?) => (\d+) bytes @ ")
 #: "01:13:15 07[IKE] <mm-psk|1>    0: FC 22 3A 06 ...  .\":...": 16 octets in 47 columns, then the text column
@@ -376,8 +389,8 @@ class _Namespace:
 
     def initiate(self, ike):
         t0 = time.monotonic()
-        rc, out = self.swanctl(INITIATOR, "--initiate", "--ike", ike, "--child", self.plan["child"],
-                               "--timeout", "20", cap=25.0)
+        child = ["--child", self.plan["child"]] if self.plan["child"] else []
+        rc, out = self.swanctl(INITIATOR, "--initiate", "--ike", ike, *child, "--timeout", "20", cap=25.0)
         return {"ike": ike, "child": self.plan["child"], "returncode": rc, "output": out,
                 "seconds": round(time.monotonic() - t0, 3)}
 
@@ -440,9 +453,10 @@ def _main(plan_path) -> int:
         for c in plan["commands"]:
             if not c["background"]:
                 result["commands"][c["name"]] = ns.run_command(c)
+        state = plan.get("settle_state", "INSTALLED")
         for side, n in plan["settle"].items():
             try:
-                ns.poll(lambda: ns.list_sas(side).count("INSTALLED") >= n, f"{n} CHILD SAs on the {side}", 5.0)
+                ns.poll(lambda: ns.list_sas(side).count(state) >= n, f"{n} {state} SAs on the {side}", 5.0)
             except _Failure:
                 pass  # reported through the final --list-sas below
         for side in plan["strongswan"]:
