@@ -620,6 +620,16 @@ class NatTraversalTests(unittest.TestCase):
         self.assertEqual((r.local, r.peer), (("127.0.0.2", 4500), ("192.0.2.1", 44500)))
         self.assertFalse(any(s.nat_t for s in p.sends(INITIATOR)[:2] + p.sends(RESPONDER)[:2]))
 
+    def test_first_message_on_the_nat_t_port(self):
+        """An MM1 that arrives on our NAT-T port is answered from it over NAT-T (RFC 3948 section 2.2)."""
+        initiator = MainMode.initiator(psk_policy(), local=("127.0.0.1", 4500), peer=("127.0.0.2", 4500))
+        [mm1] = [e for e in initiator.start(0.0, seeded_rng(1)) if isinstance(e, Send)]
+        responder = MainMode.responder(psk_policy())
+        effects = responder.receive(decode_message(mm1.data), mm1.data, 0.0, seeded_rng(2),
+                                    peer=("127.0.0.1", 4500), local=("127.0.0.2", 4500))
+        [mm2] = [e for e in effects if isinstance(e, Send)]
+        self.assertEqual((mm2.peer, mm2.local, mm2.nat_t), (("127.0.0.1", 4500), ("127.0.0.2", 4500), True))
+
     def test_nat_d_payloads(self):
         """MM3 and MM4 carry HASH(CKY-I | CKY-R | IP | Port) of the destination, then of the source
         (RFC 3947 section 3.2), recomputed here with hashlib."""

@@ -108,7 +108,7 @@ class AggressiveMode(Phase1Exchange):
 
     def _on_am1(self, a: Arrival):
         """AM1: choose by our preference among the suites we can authenticate for IDii; answer with AM2."""
-        self.local, self.peer = a.local, a.peer
+        self._first_arrival(a)
         self._check_clear(a, 1, answer=True)
         payloads = a.message.payloads
         sa = first(payloads, SA)

@@ -103,7 +103,7 @@ class MainMode(Phase1Exchange):
 
     def _on_mm1(self, a: Arrival):
         """MM1: choose from the initiator's SA by our order of preference; answer with MM2."""
-        self.local, self.peer = a.local, a.peer
+        self._first_arrival(a)
         self._check_clear(a, 1, answer=True)
         sa = first(a.message.payloads, SA)
         self.doi = sa.doi

@@ -617,6 +617,12 @@ class Phase1Exchange:
             self.local = (self.local[0], self.policy.nat_t_port)
             self.peer = (self.peer[0], NAT_T_PORT)
 
+    def _first_arrival(self, a: Arrival) -> None:
+        """A responder answers its first message where it came from: on our NAT-T port (where an initiator that
+        knows of a NAT may start) that means over NAT-T, behind the non-ESP marker (RFC 3948 section 2.2)."""
+        self.local, self.peer = a.local, a.peer
+        self.nat_t = self.policy.nat_t and a.local[1] == self.policy.nat_t_port
+
     def _float_responder(self, a: Arrival) -> None:
         """An authenticated message on our NAT-T port moves the SA there, to where it came from (RFC 3947 4)."""
         if self.policy.nat_t and a.local[1] == self.policy.nat_t_port:

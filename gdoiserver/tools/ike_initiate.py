@@ -175,14 +175,18 @@ def _address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
-def _local_for(service: GDOIService, address: str) -> tuple[str, int]:
-    """(address, port) of our non-NAT-T listener on ``address``."""
-    for protocol in service.protocols:
-        bound = protocol.local_address
-        if bound is not None and not protocol.is_nat_t and ipaddress.ip_address(bound[0]) == ipaddress.ip_address(
-            address
-        ):
-            return bound
+def _local_for(service: GDOIService, address: str | None, peer: tuple[str, int]) -> tuple[str, int] | None:
+    """(address, port) of our non-NAT-T listener on ``address``; without one, None (the engine picks) once a
+    listener of the peer's address family is known to exist."""
+    bound = [p.local_address for p in service.protocols if p.local_address is not None and not p.is_nat_t]
+    if address is None:
+        version = ipaddress.ip_address(peer[0]).version
+        if not any(ipaddress.ip_address(b[0]).version == version for b in bound):
+            raise UsageError(f"no server.listen address is IPv{version} like the peer {format_address(*peer)}")
+        return None
+    for b in bound:
+        if ipaddress.ip_address(b[0]) == ipaddress.ip_address(address):
+            return b
     raise UsageError(f"--local {address}: no server.listen entry (other than the NAT-T port) has that address")
 
 
@@ -215,7 +219,7 @@ async def main(reactor, argv=None) -> None:
         except CannotListenError as e:
             _emit(describe_failure(f"cannot listen: {e}", None, 0.0))
             raise SystemExit(EXIT_FAILED) from None
-        local = _local_for(service, args.local) if args.local else None
+        local = _local_for(service, args.local, args.peer)
         result = service.engine.initiate(args.peer, local, mode=args.mode)
         result.addTimeout(args.timeout, reactor)
         try:

@@ -135,11 +135,12 @@ class Run:
 
 
 def missing_tool(sides=(RESPONDER, INITIATOR)) -> str | None:
-    """The skip reason (beginning "missing tool:") if something the harness needs is absent, else None."""
+    """The skip reason (beginning "missing tool:") if something the harness needs is absent, else None.  With no
+    ``sides`` only the namespace and the capture are needed (our daemon against another tool)."""
     for side in sides:
         if not os.access(DAEMON[side], os.X_OK):
             return f"missing tool: strongswan ({DAEMON[side]}; apt-get install strongswan charon-systemd)"
-    if not os.access(SWANCTL, os.X_OK):
+    if sides and not os.access(SWANCTL, os.X_OK):
         return "missing tool: strongswan (swanctl; apt-get install strongswan-swanctl)"
     if shutil.which("unshare") is None:
         return "missing tool: unshare (util-linux)"
@@ -189,7 +190,7 @@ def prepare(workdir, sides=(RESPONDER, INITIATOR), profiles=("psk",), files=None
 
 
 def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", commands=(),
-        capture_filter="udp", settle=None, settle_on="child", timeout=45.0) -> Run:
+        capture_filter="udp", settle=None, settle_on="child", settle_logs=None, timeout=45.0) -> Run:
     """Run one case in a fresh namespace and return the capture and logs.
 
     ``strongswan``: the sides to start as strongSwan (leave one out to put our daemon there via ``commands``).
@@ -197,8 +198,10 @@ def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", 
     (None: ``swanctl --initiate --ike NAME`` alone, which for IKEv1 sets up the ISAKMP SA without Quick Mode).
     ``settle``: {side: n}: wait until that strongSwan side lists n INSTALLED CHILD SAs, or with
     ``settle_on="ike"`` n ESTABLISHED IKE SAs (default: the responder, one per initiation, when both sides are
-    strongSwan).  Raises :class:`HarnessError` if the harness itself fails; a failed initiation is reported in the
-    result (see :meth:`Run.check_established`).
+    strongSwan).  ``settle_logs``: {command name: (regex, n)}: then wait until that command's log matches n times
+    (our daemon logging its SAs).  Each settling wait is bounded (5 s) and never fails the run: the test reads the
+    outcome from the logs and ``sas``.  Raises :class:`HarnessError` if the harness itself fails; a failed
+    initiation is reported in the result (see :meth:`Run.check_established`).
     """
     require(strongswan)
     workdir = Path(workdir).resolve()
@@ -215,6 +218,7 @@ def run(workdir, *, strongswan=(RESPONDER, INITIATOR), initiate=(), child="qm", 
         "filter": capture_filter,
         "settle": settle,
         "settle_state": {"child": "INSTALLED", "ike": "ESTABLISHED"}[settle_on],
+        "settle_logs": {name: list(pattern) for name, pattern in (settle_logs or {}).items()},
         "timeout": timeout,
     }
     plan_path = workdir / "plan.json"
@@ -394,6 +398,10 @@ class _Namespace:
         return {"ike": ike, "child": self.plan["child"], "returncode": rc, "output": out,
                 "seconds": round(time.monotonic() - t0, 3)}
 
+    def log_matches(self, name, pattern) -> int:
+        log = self.workdir / f"{name}.log"
+        return len(re.findall(pattern, log.read_text(errors="replace"), re.M)) if log.exists() else 0
+
     def list_sas(self, side) -> str:
         return self.swanctl(side, "--list-sas")[1]
 
@@ -459,6 +467,11 @@ def _main(plan_path) -> int:
                 ns.poll(lambda: ns.list_sas(side).count(state) >= n, f"{n} {state} SAs on the {side}", 5.0)
             except _Failure:
                 pass  # reported through the final --list-sas below
+        for name, (pattern, n) in plan.get("settle_logs", {}).items():
+            try:
+                ns.poll(lambda: ns.log_matches(name, pattern) >= n, f"{n} lines matching {pattern!r} in {name}", 5.0)
+            except _Failure:
+                pass  # the test reads the log
         for side in plan["strongswan"]:
             result["sas"][side] = ns.list_sas(side)
         ns.flush_capture()
