@@ -25,6 +25,15 @@ class Send:
 
 
 @attrs.frozen
+class SendKeepalive:
+    """Send a NAT-keepalive, the single octet 0xFF, to ``peer`` from the NAT-T port, with no marker
+    (RFC 3948 section 2.3)."""
+
+    peer: Address
+    local: Address | None = None
+
+
+@attrs.frozen
 class StartTimer:
     """Call the machine's ``timer(key, now, rng)`` after ``delay`` seconds; a timer of the same key is replaced."""
 
@@ -64,4 +73,4 @@ class Count:
     name: str
 
 
-Effect = Send | StartTimer | CancelTimer | Established | Failed | Count
+Effect = Send | SendKeepalive | StartTimer | CancelTimer | Established | Failed | Count
