@@ -411,6 +411,22 @@ class Peer:
         return self.psk_file or self.psk_env
 
 
+def _groups(value, key):
+    """The ``[[groups]]`` tables as group policies (:mod:`gdoiserver.group.config`, imported here as it builds on
+    this module)."""
+    from gdoiserver.group.config import groups
+
+    return groups(value, key)
+
+
+def _ipsec(value, key):
+    """The ``[ipsec]`` table: the IPsec DOI's policies and SA sinks (:mod:`gdoiserver.doi.ipsec.config`, imported
+    here as it builds on this module).  Absent: None, which that module reads as its defaults."""
+    from gdoiserver.doi.ipsec.config import ipsec_table
+
+    return ipsec_table(value, key)
+
+
 @attrs.frozen
 class Config:
     server: Server = section(Server)
@@ -420,6 +436,8 @@ class Config:
     ike: IKE = section(IKE)
     identity: IdentityConfig = section(IdentityConfig)
     peers: tuple[Peer, ...] = setting(array_of(table(Peer)), default=())
+    groups: tuple = setting(_groups, default=())
+    ipsec: Any = setting(_ipsec, default=None)
 
 
 def parse_config(data: dict, source: str = "<config>") -> Config:

@@ -10,6 +10,10 @@ from twisted.logger import Logger
 
 from gdoiserver import __version__
 from gdoiserver.config import WEAK_GROUPS, Config, Listen
+from gdoiserver.doi.dispatch import Phase2Dispatcher
+from gdoiserver.doi.ipsec.config import ipsec_config
+from gdoiserver.doi.ipsec.plugin import IPsecDOI
+from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
 from gdoiserver.keylog import KeyLog, KeyLogError
 from gdoiserver.net.ike import IKEEngine, MachineFactory
 from gdoiserver.net.protocol import Dispatcher, ISAKMPProtocol, format_address
@@ -20,7 +24,8 @@ class GDOIService(MultiService):
 
     The reactor is given, not imported.  ``counters`` is shared by every listener.  With a ``factory`` (of Phase 1
     machines) the listeners feed an :class:`IKEEngine` (``self.engine``), which also gets a NAT-T listener on
-    ``server.nat_t_port`` of each address when ``ike.nat_t`` is on, and the keylog when ``keylog.path`` is set;
+    ``server.nat_t_port`` of each address when ``ike.nat_t`` is on, the keylog when ``keylog.path`` is set, and a
+    Phase 2 dispatcher (``self.phase2``) serving the DOI ``plugins`` (default: the IPsec DOI from ``[ipsec]``);
     without one, decoded messages go to ``dispatcher``.
     """
 
@@ -34,6 +39,7 @@ class GDOIService(MultiService):
         counters: Counter | None = None,
         factory: MachineFactory | None = None,
         rng=os.urandom,
+        plugins: list | None = None,
     ):
         super().__init__()
         self.config = config
@@ -42,6 +48,8 @@ class GDOIService(MultiService):
         self.dispatcher = dispatcher
         self.engine = None
         self.keylog = None
+        self.plugins = []
+        self.phase2 = None
         if factory is not None:
             if dispatcher is not None:
                 raise ValueError("give a dispatcher or a factory, not both")
@@ -53,6 +61,15 @@ class GDOIService(MultiService):
             if config.keylog.path is not None:
                 self.keylog = KeyLog(config.keylog.path)
                 self.engine.on_established(self._write_keylog)
+            if plugins is None:
+                plugins = [ipsec_plugin(config)]
+            self.plugins = plugins
+            self.phase2 = Phase2Dispatcher(plugins, linger=ike.exchange_timeout,
+                                           max_exchanges=ipsec_config(config).max_exchanges_per_sa)
+            self.phase2.attach(self.engine)
+            for plugin in plugins:
+                if isinstance(plugin, IPsecDOI):
+                    plugin.hooks.append(self._log_ipsec_sa)
         for listen, nat_t in self._listeners():
             self._listen(reactor, listen, nat_t)
 
@@ -103,6 +120,21 @@ class GDOIService(MultiService):
                 except KeyLogError as e:
                     self.log.error("{error}: no keys will be written", error=str(e))
         super().startService()
+
+    def stopService(self):
+        for plugin in self.plugins:
+            sink = getattr(plugin, "sink", None)
+            if sink is not None:
+                sink.close()
+        return super().stopService()
+
+    def _log_ipsec_sa(self, sa) -> None:
+        self.log.info(
+            "IPsec SA established: {protocol} {proposal} {mode}, SPIs in {spi_in} out {spi_out}, {local_ts} === "
+            "{remote_ts} with {peer}", protocol=sa.suite.protocol_name, proposal=sa.suite.name(), mode=sa.mode,
+            spi_in=sa.spi_in.hex(), spi_out=sa.spi_out.hex(), local_ts=str(sa.local_selector),
+            remote_ts=str(sa.remote_selector), peer=format_address(*sa.peer),
+        )
 
     def _write_keylog(self, sa) -> None:
         try:

@@ -7,6 +7,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gdoiserver.config import ConfigError, load_config, policy_from_config
+from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
 from gdoiserver.exchanges.factory import Phase1Factory
 from gdoiserver.service import GDOIService
 
@@ -32,10 +33,11 @@ def makeService(options: Options) -> GDOIService:
     try:
         config = load_config(options["config"])
         policy = policy_from_config(config, options["config"])
+        plugins = [ipsec_plugin(config, options["config"])]
     except ConfigError as e:
         print(f"gdoi: configuration error: {e}", file=sys.stderr)
         raise SystemExit(os.EX_CONFIG) from None
     from twisted.internet import reactor
 
     log.info("configuration read from {path}", path=options["config"])
-    return GDOIService(config, reactor, factory=Phase1Factory(policy))
+    return GDOIService(config, reactor, factory=Phase1Factory(policy), plugins=plugins)

@@ -124,8 +124,8 @@ class LoadConfigTests(unittest.TestCase):
 
     def test_unknown_section(self):
         """An unknown top-level table is named too."""
-        e = self.error("[groups]\nx = 1\n")
-        self.assertEqual(e.key, "groups")
+        e = self.error("[grups]\nx = 1\n")
+        self.assertEqual(e.key, "grups")
         self.assertIn("unknown key", e.problem)
 
     def test_unknown_key_in_listen_item(self):

@@ -3,10 +3,17 @@
 The core (codec, Phase 1, Informational, the engine) knows no DOI's details.  A DOI is a package under
 ``gdoiserver/doi/`` that registers a :class:`DOIPlugin` here by its number: 1 for the IPsec DOI (RFC 2407,
 ``gdoiserver.doi.ipsec``) and 2 for GDOI (RFC 6407, ``gdoiserver.doi.gdoi``).  Adding a DOI is adding a package.
+
+:class:`gdoiserver.doi.dispatch.Phase2Dispatcher` is the one Phase 2 handler of the engine: it picks a plugin for
+each new Phase 2 exchange (by ``accepts``), makes its machine (``responder``), and routes the exchange's later
+messages and timers to that machine.  A plugin may also keep state across exchanges (the IPsec SAs it set up, a
+group's members) through the optional hooks of :class:`StatefulDOI`.
 """
 
 from collections.abc import Iterable
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
+
+import attrs
 
 from gdoiserver.codec.message import Message
 
@@ -15,7 +22,9 @@ class Phase2Machine(Protocol):
     """One Phase 2 exchange under an ISAKMP SA (one M-ID), with the same inputs as the Phase 1 machines.
 
     ``receive`` takes the message as decoded (still encrypted): the machine decrypts it with its own IV chain,
-    ``sa.last_iv.for_message_id(message_id)`` (RFC 2409 appendix B).
+    ``sa.last_iv.for_message_id(message_id)`` (RFC 2409 appendix B).  A machine may also have
+    ``notified(item, now, rng) -> effects``: an authenticated Informational item (a Notify or a Delete,
+    :mod:`gdoiserver.exchanges.informational`) came from the peer while the exchange runs (the peer refused it).
     """
 
     message_id: int
@@ -49,6 +58,40 @@ class DOIPlugin(Protocol):
         """Names of this DOI's own Notify types, for logs."""
 
 
+class StatefulDOI(Protocol):
+    """Optional hooks of a plugin; the dispatcher calls each one only where the plugin has it.
+
+    Every hook returns effects (:mod:`gdoiserver.exchanges.effects`, plus :class:`StartPhase2`) that the engine
+    carries out under the ISAKMP SA ``sa``.  A ``StartTimer`` a hook returns comes back as ``timer(sa, key, ...)``
+    of the same plugin while ``sa`` lives.
+    """
+
+    def phase1_established(self, sa, now: float, rng) -> Iterable:
+        """A new ISAKMP SA (of any DOI): e.g. start a Phase 2 exchange that the configuration asks for."""
+
+    def established(self, sa, machine: Phase2Machine, result: Any, now: float, rng) -> Iterable:
+        """A machine of this plugin returned ``Established(result)``."""
+
+    def failed(self, sa, machine: Phase2Machine, notify: int | None, reason: str, now: float, rng) -> Iterable:
+        """A machine of this plugin returned ``Failed``."""
+
+    def timer(self, sa, key: str, now: float, rng) -> Iterable:
+        """A timer the plugin started under ``sa`` fired."""
+
+    def informational(self, sa, item, now: float, rng) -> Iterable:
+        """An authenticated Notify or Delete under ``sa`` that the core does not act on itself."""
+
+    def removed(self, sa, reason: str, now: float) -> None:
+        """The ISAKMP SA ``sa`` is gone (expired, deleted, dead peer): forget what hangs on it."""
+
+
+@attrs.frozen
+class StartPhase2:
+    """Effect of a plugin hook: start ``machine`` (an exchange we initiate) under the hook's ISAKMP SA."""
+
+    machine: Any
+
+
 _PLUGINS: dict[int, DOIPlugin] = {}
 
 
@@ -58,6 +101,12 @@ def register(plugin: DOIPlugin) -> DOIPlugin:
         raise ValueError(f"DOI {plugin.number} is already registered")
     _PLUGINS[plugin.number] = plugin
     return plugin
+
+
+def unregister(plugin: DOIPlugin) -> None:
+    """Forget ``plugin`` (a service that stops, a test)."""
+    if _PLUGINS.get(plugin.number) is plugin:
+        del _PLUGINS[plugin.number]
 
 
 def plugins() -> Iterable[DOIPlugin]:

@@ -220,6 +220,22 @@ class IKEEngine:
         """Hand messages other than Phase 1 and Informational under an SA of ``doi`` to ``handler``."""
         self.phase2_handlers[doi] = handler
 
+    def run_phase2(self, sa, step: Callable[[float, Callable[[int], bytes]], Iterable | None]) -> None:
+        """Carry out the effects of ``step(now, rng)`` as those of the Phase 2 handler of the established ``sa``
+        (its timers come back to ``handler.timer``): a Phase 2 exchange we start, a Delete we send.  Counted
+        ``phase2_no_sa`` and skipped once ``sa`` is gone."""
+        self._serially(self._run_phase2, sa, step)
+
+    def start_phase2(self, sa, machine) -> None:
+        """Start ``machine``, a Phase 2 exchange we initiate under the established ``sa``: the Phase 2 handler of
+        ``sa``'s DOI adopts it (``handler.adopt(sa, machine, now, rng)`` routes its M-ID to it and returns the
+        effects of ``machine.start``)."""
+        handler = self.phase2_handlers.get(sa.doi)
+        if handler is None or not hasattr(handler, "adopt"):
+            self.counters["phase2_no_handler"] += 1
+            return
+        self.run_phase2(sa, lambda now, rng: handler.adopt(sa, machine, now, rng))
+
     def initiate(self, peer: Address, local: Address | None = None, **options) -> Deferred:
         """Start Phase 1 with ``peer`` as initiator; the Deferred fires with the SA or fails with Phase1Failed."""
         result = Deferred()
@@ -366,14 +382,25 @@ class IKEEngine:
             self._informational(entry, message)
         elif entry.sa.doi in self.phase2_handlers:
             handler = self.phase2_handlers[entry.sa.doi]
-            name = f"phase2.{entry.sa.doi}"
-            runner = entry.runners.get(name)
-            if runner is None:
-                runner = entry.runners[name] = Runner(_Phase2(handler, entry), entry, name)
+            runner = self._phase2_runner(entry)
             self._run(runner, lambda now: handler(entry.sa, message, raw, peer, local, now=now, rng=self.rng))
         else:
             self.counters[f"unhandled.{xchg}"] += 1
             self.log.debug("no handler for exchange type {exchange} under {sa}", exchange=xchg, sa=entry.describe())
+
+    def _phase2_runner(self, entry: SAEntry) -> Runner:
+        name = f"phase2.{entry.sa.doi}"
+        runner = entry.runners.get(name)
+        if runner is None:
+            runner = entry.runners[name] = Runner(_Phase2(self.phase2_handlers[entry.sa.doi], entry), entry, name)
+        return runner
+
+    def _run_phase2(self, sa, step) -> None:
+        entry = self.sas.get(sa.spi)
+        if entry is None or entry.closed or entry.sa.doi not in self.phase2_handlers:
+            self.counters["phase2_no_sa"] += 1
+            return
+        self._run(self._phase2_runner(entry), lambda now: step(now, self.rng))
 
     def _informational(self, entry: SAEntry, message: Message) -> None:
         """An Informational message under an established SA (RFC 2408 section 4.8)."""

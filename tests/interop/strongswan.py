@@ -128,6 +128,19 @@ class Run:
                       for side, text in short.items()]
             raise AssertionError("\n".join(parts) + "\n" + self.tails())
 
+    def child_sas(self, side: str) -> list:
+        """[{name, state, mode, proposal, spi_in, spi_out}] of the CHILD SAs ``side`` listed at the end (SPIs as
+        octets: ``spi_in`` is the one ``side`` receives with)."""
+        return [{"name": m[1], "state": m[2], "mode": m[3], "proposal": m[4], "spi_in": bytes.fromhex(m[5]),
+                 "spi_out": bytes.fromhex(m[6])} for m in _LIST_CHILD.finditer(self.sas.get(side, ""))]
+
+    def child_keys(self, side: str = INITIATOR) -> dict:
+        """{label: octets} of the Quick Mode keys charon logged at chd log level 4 (configs/ set it): "encryption
+        initiator key", "integrity responder key"... ("initiator": sent by the Quick Mode initiator).  The last
+        logged value of each label wins."""
+        labels = [f"{kind} {role} key" for kind in ("encryption", "integrity") for role in ("initiator", "responder")]
+        return {label: octets for label in labels for _, octets in _logged_chunks(self.logs.get(side, ""), label)}
+
     def ike_sas(self, side: str) -> list:
         """[(connection, state, initiator cookie, responder cookie)] of the IKE SAs ``side`` listed at the end."""
         return [(m[1], m[3], bytes.fromhex(m[4]), bytes.fromhex(m[5]))
@@ -261,6 +274,10 @@ def _read_logs(workdir, strongswan, commands) -> dict:
 #: "mm-psk: #1, ESTABLISHED, IKEv1, 79945120c451b177_i 5ea215d96fe09c68_r*"
 _LIST_SAS = re.compile(r"^(\S+): #(\d+), \w+, IKEv1, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
 _LIST_SAS_STATE = re.compile(r"^(\S+): #(\d+), (\w+), IKEv1, ([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", re.M)
+#: "  qm: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_CBC-256/HMAC_SHA2_256_128/MODP_2048" then its
+#: "    in  6ff04ef7,      0 bytes, ..." and "    out e3f08469, ..." lines
+_LIST_CHILD = re.compile(r"^\s+(\S+): #\d+, reqid \d+, (\w+), (\S+), (\S+)\n(?:.*\n)*?\s+in\s+([0-9a-f]{8})[^\n]*\n"
+                         r"\s+out\s+([0-9a-f]{8})", re.M)
 #: "01:13:15 07[IKE] <mm-psk|1> encryption key Ka => 32 bytes @ 0x55c2f1f492a0"
 _CHUNK_HEAD = re.compile(r"^\S+ (\d+)\[\w+\] <([^>]*)> (.*?) => (\d+) bytes @ ")
 #: "01:13:15 07[IKE] <mm-psk|1>    0: FC 22 3A 06 ...  .\":...": 16 octets in 47 columns, then the text column
