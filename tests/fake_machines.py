@@ -50,7 +50,7 @@ def message(icookie: bytes, rcookie: bytes = ZERO, exchange_type: int = MM, flag
 
 def make_sa(icookie: bytes, rcookie: bytes, peer, local, *, role: str = RESPONDER, now: float = 0.0,
             lifetime: int = 28800, nat_t: bool = False, peer_id: str = "peer.example", doi: int = DOI.IPSEC,
-            initial_contact: bool = False, peer_vendor_ids: tuple = ()) -> ISAKMPSA:
+            initial_contact: bool = False, peer_vendor_ids: tuple = (), local_behind_nat: bool = False) -> ISAKMPSA:
     """An ISAKMP SA as a Phase 1 machine would establish it (AES-256, SHA2-256, PSK, group 14)."""
     proposal = Phase1Proposal(OakleyEncryption.AES_CBC, 256, OakleyHash.SHA2_256, OakleyAuth.PRE_SHARED_KEY, 14,
                               lifetime)
@@ -59,7 +59,8 @@ def make_sa(icookie: bytes, rcookie: bytes, peer, local, *, role: str = RESPONDE
     last_iv = IVChain(cipher_for(OakleyEncryption.AES_CBC, 256), ENC_KEY, OakleyHash.SHA2_256, b"\x04" * 16)
     return ISAKMPSA(icookie, rcookie, role, doi, proposal, keys, last_iv, tuple(local), tuple(peer),
                     Identification.of("server.example"), Identification.of(peer_id), now, nat_t,
-                    peer_vendor_ids=peer_vendor_ids, initial_contact=initial_contact)
+                    peer_vendor_ids=peer_vendor_ids, initial_contact=initial_contact,
+                    local_behind_nat=local_behind_nat)
 
 
 Step = Callable[..., list]

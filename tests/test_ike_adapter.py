@@ -401,6 +401,35 @@ class NatTraversalTests(unittest.TestCase):
         self.assertNotIn(PEER, h.engine.sas_by_peer)
         self.assertEqual(len(h.written()), 1)  # only MM2 left from port 500
 
+    def test_we_send_keepalives_behind_a_nat(self):
+        """An SA that floated to NAT-T with our own address behind a NAT gets a NAT-keepalive (0xFF, no marker)
+        from port 4500 every 20 s (RFC 3948 section 4); none before the interval, none from port 500."""
+        script = lambda: [answer(b"MM2"), answer(b"MM4", nat_t=True),  # noqa: E731
+                          answer_and_establish(b"MM6", nat_t=True, local_behind_nat=True)]
+        h = Harness(FakeFactory(responder_script=script))
+        h.receive(message(ICKY, tag=b"MM1"), PEER)
+        rcookie = decode_message(h.written()[0][0]).responder_cookie
+        h.receive(message(ICKY, rcookie, tag=b"MM3"), PEER_NAT, port=4500)
+        h.receive(message(ICKY, rcookie, tag=b"MM5"), PEER_NAT, port=4500)
+        sent_before = len(h.written(4500))
+        h.clock.advance(19.9)
+        self.assertEqual(len(h.written(4500)), sent_before)
+        h.clock.advance(0.1)
+        self.assertEqual(h.written(4500)[sent_before:], [(b"\xff", PEER_NAT)])
+        h.clock.advance(20.0)
+        self.assertEqual(h.written(4500)[sent_before:], [(b"\xff", PEER_NAT)] * 2)
+        self.assertEqual(h.counters["nat_keepalive_sent"], 2)
+
+    def test_no_keepalives_when_not_behind_a_nat(self):
+        """A NAT-T SA whose NAT is on the peer's side sends no keepalives: the peer keeps its own NAT open."""
+        h = Harness(FakeFactory(responder_script=self.nat_t_script()))
+        h.receive(message(ICKY, tag=b"MM1"), PEER)
+        rcookie = decode_message(h.written()[0][0]).responder_cookie
+        h.receive(message(ICKY, rcookie, tag=b"MM3"), PEER_NAT, port=4500)
+        h.receive(message(ICKY, rcookie, tag=b"MM5"), PEER_NAT, port=4500)
+        h.clock.advance(60.0)
+        self.assertNotIn(b"\xff", [data for data, _ in h.written(4500)])
+
     def test_keepalive(self):
         """A NAT-keepalive (0xFF, RFC 3948 section 2.3) on port 4500 is counted and never reaches the engine."""
         h = Harness()

@@ -34,9 +34,12 @@ from gdoiserver.codec.message import Message
 from gdoiserver.codec.payloads import VendorID
 from gdoiserver.exchanges import informational
 from gdoiserver.exchanges.dpd import DPD, supports_dpd
-from gdoiserver.exchanges.effects import Address, CancelTimer, Count, Established, Failed, Send, StartTimer
+from gdoiserver.exchanges.effects import (
+    Address, CancelTimer, Count, Established, Failed, Send, SendKeepalive, StartTimer,
+)
 from gdoiserver.exchanges.informational import DeleteReceived, NotifyReceived, Received
 from gdoiserver.exchanges.lifetime import Expire, Lifetime, Reauthenticate
+from gdoiserver.exchanges.natt import Keepalive, needs_keepalive
 from gdoiserver.net.protocol import format_address
 
 ZERO_COOKIE = bytes(8)
@@ -469,6 +472,8 @@ class IKEEngine:
                 self._count(f"{runner.name}.failed.{_reason_kind(effect)}")
                 self.log.info("{name} failed under {sa}: {reason}", name=runner.name, sa=entry.describe(),
                               reason=effect.reason)
+        elif isinstance(effect, SendKeepalive):
+            self._send_keepalive(entry, effect)
         elif isinstance(effect, Expire):
             self._remove_sa(entry, "lifetime over")
         elif isinstance(effect, Reauthenticate):
@@ -480,6 +485,18 @@ class IKEEngine:
 
     def _count(self, name: str) -> None:
         self.counters[name] += 1
+
+    def _send_keepalive(self, entry: SAEntry, keepalive: SendKeepalive) -> None:
+        listener = self._listener_for(keepalive.peer, keepalive.local or entry.local, True)
+        if listener is None or not listener.is_nat_t:
+            self.counters["no_listener"] += 1
+            return
+        try:
+            listener.send_keepalive(keepalive.peer)
+        except Exception as e:  # the socket refused
+            self.counters["send_error"] += 1
+            self.log.warn("cannot send a NAT-keepalive to {peer}: {error}", peer=format_address(*keepalive.peer),
+                          error=str(e))
 
     def _send(self, runner: Runner, send: Send) -> None:
         entry = runner.owner
@@ -576,6 +593,8 @@ class IKEEngine:
             self._initial_contact(sa)
         self._attach(entry, "lifetime", Lifetime(sa))
         self._attach(entry, "dpd", DPD(sa, delay=self.dpd_delay if self.dpd_delay and _peer_does_dpd(sa) else None))
+        if needs_keepalive(sa):
+            self._attach(entry, "nat_keepalive", Keepalive(sa))
         for hook in self.established_hooks:
             self._call_hook(hook, sa)
         if entry.result is not None:

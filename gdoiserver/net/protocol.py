@@ -89,6 +89,12 @@ class ISAKMPProtocol(DatagramProtocol):
         """Send one ISAKMP message to ``peer``, behind the non-ESP marker on a NAT-T socket."""
         self.transport.write(NON_ESP_MARKER + data if self.is_nat_t else data, peer)
 
+    def send_keepalive(self, peer: tuple) -> None:
+        """Send a NAT-keepalive, the lone octet 0xFF with no marker (RFC 3948 section 2.3); NAT-T sockets only."""
+        if not self.is_nat_t:
+            raise ValueError("NAT-keepalives go from the NAT-T port")
+        self.transport.write(NAT_KEEPALIVE, peer)
+
     def datagramReceived(self, datagram: bytes, addr):
         self.counters["received"] += 1
         try:
