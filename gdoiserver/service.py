@@ -11,12 +11,48 @@ from twisted.logger import Logger
 from gdoiserver import __version__
 from gdoiserver.config import WEAK_GROUPS, Config, Listen
 from gdoiserver.doi.dispatch import Phase2Dispatcher
+from gdoiserver.doi.gdoi import GDOIPlugin
 from gdoiserver.doi.ipsec.config import ipsec_config
 from gdoiserver.doi.ipsec.plugin import IPsecDOI
 from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
+from gdoiserver.exchanges.effects import Count
+from gdoiserver.group.policy import identity_text
 from gdoiserver.keylog import KeyLog, KeyLogError
-from gdoiserver.net.ike import IKEEngine, MachineFactory
+from gdoiserver.net.ike import IKEEngine, MachineFactory, Phase1Failed
 from gdoiserver.net.protocol import Dispatcher, ISAKMPProtocol, format_address
+
+
+class KeyServerDOI(GDOIPlugin):
+    """The GDOI plugin as the key server runs it: it remembers who registered in which group (``registered``:
+    group name -> (member, address) -> :class:`~gdoiserver.doi.gdoi.pull.MemberRegistered`) and tells
+    ``on_registered`` and ``on_refused`` of each registration and refusal."""
+
+    def __init__(self, key_server=None):
+        super().__init__(key_server)
+        self.registered: dict[str, dict] = {}
+        self.on_registered: list = []
+        self.on_refused: list = []
+
+    def established(self, sa, machine, result, now: float, rng) -> list:
+        self.registered.setdefault(result.group, {})[(result.member, result.address)] = result
+        for hook in self.on_registered:
+            hook(result)
+        return [Count("gdoi_registered")]
+
+    def failed(self, sa, machine, notify, reason: str, now: float, rng) -> list:
+        for hook in self.on_refused:
+            hook(sa, notify, reason)
+        return [Count("gdoi_refused")]
+
+
+def gdoi_plugin(config: Config, phase1_policy=None, rng=os.urandom) -> KeyServerDOI:
+    """The key server's GDOI plugin for ``config.groups`` (their KEK signature keys are loaded with the config).
+    The Phase 1 certificate and key, when there are some, also go into message 4 as CERT and POP_R, and the
+    Phase 1 CAs check a member's CERT and POP_I in message 3 (RFC 6407 section 3.2)."""
+    plugin = KeyServerDOI()
+    plugin.configure(config.groups, rng, credentials=getattr(phase1_policy, "credentials", None),
+                     trust=getattr(phase1_policy, "trust", None), exchange_timeout=config.ike.exchange_timeout)
+    return plugin
 
 
 class GDOIService(MultiService):
@@ -25,8 +61,9 @@ class GDOIService(MultiService):
     The reactor is given, not imported.  ``counters`` is shared by every listener.  With a ``factory`` (of Phase 1
     machines) the listeners feed an :class:`IKEEngine` (``self.engine``), which also gets a NAT-T listener on
     ``server.nat_t_port`` of each address when ``ike.nat_t`` is on, the keylog when ``keylog.path`` is set, and a
-    Phase 2 dispatcher (``self.phase2``) serving the DOI ``plugins`` (default: the IPsec DOI from ``[ipsec]``);
-    without one, decoded messages go to ``dispatcher``.
+    Phase 2 dispatcher (``self.phase2``) serving the DOI ``plugins`` (default: the IPsec DOI from ``[ipsec]``, and
+    GDOI for ``[[groups]]`` when there are some); without one, decoded messages go to ``dispatcher``.  ``role``
+    names the process in the start-up line (the group member runs on this service too).
     """
 
     log = Logger()
@@ -40,9 +77,11 @@ class GDOIService(MultiService):
         factory: MachineFactory | None = None,
         rng=os.urandom,
         plugins: list | None = None,
+        role: str = "key server",
     ):
         super().__init__()
         self.config = config
+        self.role = role
         self.counters = Counter() if counters is None else counters
         self.protocols = []
         self.dispatcher = dispatcher
@@ -63,6 +102,8 @@ class GDOIService(MultiService):
                 self.engine.on_established(self._write_keylog)
             if plugins is None:
                 plugins = [ipsec_plugin(config)]
+                if config.groups:
+                    plugins.append(gdoi_plugin(config, getattr(factory, "policy", None), rng))
             self.plugins = plugins
             self.phase2 = Phase2Dispatcher(plugins, linger=ike.exchange_timeout,
                                            max_exchanges=ipsec_config(config).max_exchanges_per_sa)
@@ -70,6 +111,9 @@ class GDOIService(MultiService):
             for plugin in plugins:
                 if isinstance(plugin, IPsecDOI):
                     plugin.hooks.append(self._log_ipsec_sa)
+                if isinstance(plugin, KeyServerDOI):
+                    plugin.on_registered.append(self._log_registration)
+                    plugin.on_refused.append(self._log_refusal)
         for listen, nat_t in self._listeners():
             self._listen(reactor, listen, nat_t)
 
@@ -97,11 +141,11 @@ class GDOIService(MultiService):
 
     def startService(self):
         config = self.config
+        groups = f", {len(config.groups)} groups" if self.role == "key server" else ""
         self.log.info(
-            "gdoiserver {version} starting: {count} listen addresses ({addresses}), 0 groups (group policy is not"
-            " configurable yet)",
-            version=__version__, count=len(config.server.listen),
-            addresses=", ".join(format_address(x.address, x.port) for x in config.server.listen),
+            "gdoiserver {version} {role} starting: {count} listen addresses ({addresses}){groups}",
+            version=__version__, role=self.role, count=len(config.server.listen),
+            addresses=", ".join(format_address(x.address, x.port) for x in config.server.listen), groups=groups,
         )
         if config.security.allow_weak_dh_groups:
             self.log.warn("security.allow_weak_dh_groups is on: proposals may use MODP groups 2 and 5 (under 2048"
@@ -122,6 +166,8 @@ class GDOIService(MultiService):
         super().startService()
 
     def stopService(self):
+        if self.engine is not None:
+            self._forget_sas()
         for plugin in self.plugins:
             sink = getattr(plugin, "sink", None)
             if sink is not None:
@@ -135,6 +181,27 @@ class GDOIService(MultiService):
             spi_in=sa.spi_in.hex(), spi_out=sa.spi_out.hex(), local_ts=str(sa.local_selector),
             remote_ts=str(sa.remote_selector), peer=format_address(*sa.peer),
         )
+
+    def _forget_sas(self) -> None:
+        """Drop every SA and exchange, which cancels their timers (a stopped service leaves no call pending)."""
+        engine = self.engine
+        for spi in list(engine.sas):
+            engine.remove_sa(spi, "service stopping")
+        for entry in {*engine.exchanges.values(), *engine.initiating.values(), *engine.first_messages.values()}:
+            engine._close(entry, Phase1Failed(None, "service stopping"))
+
+    def _log_registration(self, registered) -> None:
+        sids = ", ".join(map(str, registered.sender_ids)) or "none"
+        self.log.info(
+            "GDOI: member {member} at {address} registered in group {group} ({group_id}): generation {generation},"
+            " sender IDs {sids}, PFS {pfs}", member=registered.member, address=format_address(*registered.address),
+            group=registered.group, group_id=str(registered.group_id), generation=registered.generation, sids=sids,
+            pfs="yes" if registered.pfs else "no",
+        )
+
+    def _log_refusal(self, sa, notify, reason: str) -> None:
+        self.log.info("GDOI: registration of {member} at {address} refused: {reason}", member=identity_text(sa.peer_id),
+                      address=format_address(*sa.peer), reason=reason)
 
     def _write_keylog(self, sa) -> None:
         try:

@@ -9,7 +9,7 @@ from twisted.python import usage
 from gdoiserver.config import ConfigError, load_config, policy_from_config
 from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
 from gdoiserver.exchanges.factory import Phase1Factory
-from gdoiserver.service import GDOIService
+from gdoiserver.service import GDOIService, gdoi_plugin
 
 DEFAULT_CONFIG = os.path.join("etc", "gdoiserver.toml")
 log = Logger()
@@ -37,6 +37,8 @@ def makeService(options: Options) -> GDOIService:
     except ConfigError as e:
         print(f"gdoi: configuration error: {e}", file=sys.stderr)
         raise SystemExit(os.EX_CONFIG) from None
+    if config.groups:
+        plugins.append(gdoi_plugin(config, policy))
     from twisted.internet import reactor
 
     log.info("configuration read from {path}", path=options["config"])

@@ -68,7 +68,7 @@ class OtherDOI:
 class EchoMachine:
     """Takes each message, counts it, and is done after the second."""
 
-    message_id: int
+    message_id: int | None
     done: bool = False
     state: str = "new"
     seen: list = attrs.Factory(list)
@@ -268,6 +268,16 @@ class InitiatorTests(unittest.TestCase):
         self.assertIn(f"p1:expire:{spi}", timers)
         self.assertIn(f"p1:rekey:{spi}", timers)
         self.assertEqual(s.h.counters["phase2_initiated"], 1)
+
+    def test_adopt_assigns_a_message_id(self):
+        """A machine we initiate with no M-ID of its own (GROUPKEY-PULL's member leaves it open) gets a fresh non-zero
+        one from the dispatcher before it starts, so the answers under that M-ID reach it."""
+        s = Setup(self)
+        machine = EchoMachine(None)
+        s.dispatcher.adopt(s.sa, machine, 0.0, s.rng)
+        self.assertIsNotNone(machine.message_id)
+        self.assertNotEqual(machine.message_id, 0)
+        self.assertIn(machine.message_id, s.dispatcher.sas[s.sa.spi].exchanges)
 
     def test_phase1_established_initiates(self):
         """A policy with ``initiate`` starts Quick Mode as soon as Phase 1 that we initiated is up."""

@@ -72,13 +72,13 @@ def decode_attributes(data: bytes, start: int = 0, end: int | None = None) -> tu
     unpack = _HDR.unpack_from
     cached = _TV_DECODED.get
     while pos < end:
+        if end - pos < 4:  # before the cache: its 4-octet keys must not reach past ``end``
+            raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "truncated data attribute", pos)
         a = cached(data[pos : pos + 4])
         if a is not None:
             add(a)
             pos += 4
             continue
-        if end - pos < 4:
-            raise DecodeError(NotifyType.PAYLOAD_MALFORMED, "truncated data attribute", pos)
         t, v = unpack(data, pos)
         pos += 4
         if t & 0x8000:

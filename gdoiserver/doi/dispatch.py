@@ -24,6 +24,7 @@ import attrs
 
 from gdoiserver.codec.errors import DecodeError
 from gdoiserver.codec.message import Message
+from gdoiserver.exchanges import informational
 from gdoiserver.doi import DOIPlugin, Phase2Machine, StartPhase2
 from gdoiserver.doi import plugins as registered_plugins
 from gdoiserver.exchanges.effects import CancelTimer, Count, Established, Failed, StartTimer
@@ -123,8 +124,14 @@ class Phase2Dispatcher:
         ``plugin`` gets its hooks (``established``...); by default the plugin of the machine's ``doi``, if any.
         """
         state = self.sas.setdefault(sa.spi, SAState())
+        if machine.message_id is None:  # the machine leaves the M-ID to us: a fresh one, unused under this SA
+            for _ in range(8):
+                candidate = informational.message_id(rng)
+                if candidate not in state.exchanges and candidate not in state.finished:
+                    machine.message_id = candidate
+                    break
         mid = machine.message_id
-        if mid in state.exchanges or mid in state.finished:
+        if mid is None or mid in state.exchanges or mid in state.finished:
             return [Count("phase2_mid_in_use")]
         if state.active() >= self.max_exchanges:
             return [Count("phase2_too_many")]

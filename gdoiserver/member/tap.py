@@ -1,0 +1,40 @@
+"""``twistd gdoi-member`` (and ``twist gdoi-member``): the group member as a daemon."""
+
+import os
+import sys
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gdoiserver.config import ConfigError
+from gdoiserver.doi.ipsec.sa_sink import SinkError
+from gdoiserver.member.config import load_member_config
+
+DEFAULT_CONFIG = os.path.join("etc", "member.toml")
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE]"
+    longdesc = ("Enroll this host in GDOI groups (RFC 6407) with the key servers of a TOML file, keep it enrolled, "
+                "and hand the group keys to an SA sink.")
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "The member's TOML configuration file."],
+    ]
+
+
+def makeService(options: Options):
+    """The group member configured from ``--config``.  A configuration error, or a sink that cannot work (the
+    kernel refuses XFRM), ends the process here with one line on stderr and exit status EX_CONFIG (78)."""
+    from gdoiserver.member.service import GroupMember
+
+    try:
+        setup = load_member_config(options["config"])
+        from twisted.internet import reactor
+
+        member = GroupMember(setup, reactor)
+    except (ConfigError, SinkError) as e:
+        print(f"gdoi-member: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(os.EX_CONFIG) from None
+    log.info("configuration read from {path}", path=options["config"])
+    return member
