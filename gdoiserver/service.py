@@ -2,10 +2,12 @@
 address when an IKE engine serves them)."""
 
 import os
+import sys
 from collections import Counter
 
 from twisted.application.internet import UDPServer
 from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from gdoiserver import __version__
@@ -65,6 +67,9 @@ class GDOIService(MultiService):
     GDOI for ``[[groups]]`` when there are some); without one, decoded messages go to ``dispatcher``.  ``role``
     names the process in the start-up line (the group member runs on this service too).
     """
+
+    #: End the process on a port that cannot be bound (twistd); library users get the exception.
+    exit_on_listen_error = False
 
     log = Logger()
 
@@ -164,6 +169,24 @@ class GDOIService(MultiService):
                 except KeyLogError as e:
                     self.log.error("{error}: no keys will be written", error=str(e))
         super().startService()
+
+    def privilegedStartService(self):
+        """Bind the listeners (twistd does this before it drops privileges).
+
+        A port that cannot be bound is a deployment error, not a bug: with ``exit_on_listen_error`` (set for
+        twistd by :mod:`gdoiserver.tap`) it ends the process with one line naming the address and the reason, and
+        exit status EX_UNAVAILABLE (69), rather than a traceback.
+        """
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            if not self.exit_on_listen_error:
+                raise
+            where = format_address(e.interface or "*", e.port)
+            line = f"gdoi: cannot listen on {where}/udp (server.listen / server.nat_t_port): {e.socketError}"
+            self.log.critical("{line}", line=line)
+            print(line, file=sys.stderr)
+            raise SystemExit(os.EX_UNAVAILABLE) from None
 
     def stopService(self):
         if self.engine is not None:

@@ -42,4 +42,6 @@ def makeService(options: Options) -> GDOIService:
     from twisted.internet import reactor
 
     log.info("configuration read from {path}", path=options["config"])
-    return GDOIService(config, reactor, factory=Phase1Factory(policy), plugins=plugins)
+    service = GDOIService(config, reactor, factory=Phase1Factory(policy), plugins=plugins)
+    service.exit_on_listen_error = True
+    return service

@@ -242,6 +242,19 @@ class ProcessTests(unittest.TestCase):
         self.assertIn("no/such/file.toml: cannot read the file: No such file or directory", proc.stderr)
         self.assertNotIn("Traceback", proc.stdout + proc.stderr)
 
+    def test_port_in_use_twistd(self):
+        """A listen address whose port is taken ends `twistd -n gdoi` with exit 69 (EX_UNAVAILABLE) and one line
+        naming the address and the reason, with no traceback."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            config = write_config(self, f'[server]\nnat_t_port = 0\nlisten = [{{ address = "127.0.0.1", port = {port} }}]\n')
+            proc = subprocess.run([*TWISTD, "gdoi", "--config", config], cwd=REPO, capture_output=True, text=True,
+                                  timeout=PROCESS_SECONDS)
+        self.assertEqual(proc.returncode, os.EX_UNAVAILABLE)
+        self.assertIn(f"gdoi: cannot listen on 127.0.0.1:{port}/udp", proc.stderr + proc.stdout)
+        self.assertNotIn("Traceback", proc.stdout + proc.stderr)
+
     def check_serves(self, command: list):
         config = write_config(self, '[server]\nnat_t_port = 0\nlisten = [{ address = "127.0.0.1", port = 0 }]\n')
         env = dict(os.environ, PYTHONUNBUFFERED="1")
