@@ -531,18 +531,22 @@ def _identification(value: str | None, id_type: str | None, key: str) -> Identif
     return Identification(ID_TYPES[id_type], 0, 0, value.encode("utf-8"))
 
 
-def load_config(path: str) -> Config:
-    """Read and check the TOML file at ``path``, or raise :class:`ConfigError`."""
+def read_toml(path: str) -> dict:
+    """The TOML document at ``path``, or :class:`ConfigError` naming the file and what is wrong with it."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
         raise ConfigError(path, "", f"cannot read the file: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not valid TOML: not UTF-8 at octet {e.start}") from None
-    return parse_config(data, path)
+
+
+def load_config(path: str) -> Config:
+    """Read and check the TOML file at ``path``, or raise :class:`ConfigError`."""
+    return parse_config(read_toml(path), path)
 
 
 # --- from the configuration to the Phase 1 policy -------------------------------------------------------------------

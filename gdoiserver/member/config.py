@@ -34,7 +34,6 @@ and no ``ike.proposals``, the proposals are the daemon's defaults with the signa
 """
 
 import socket
-import tomllib
 
 import attrs
 
@@ -50,6 +49,7 @@ from gdoiserver.config import (
     Keylog,
     Listen,
     Proposal,
+    read_toml,
     Secret,
     Security,
     Server,
@@ -217,16 +217,7 @@ def parse_member_config(data: dict, source: str = "<config>") -> MemberSetup:
 
 def load_member_config(path: str) -> MemberSetup:
     """Read and check the member's TOML file at ``path``, or raise :class:`ConfigError`."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read the file: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(path, "", f"not valid TOML: not UTF-8 at octet {e.start}") from None
-    return parse_member_config(data, path)
+    return parse_member_config(read_toml(path), path)
 
 
 def _loaded(key: str, load, *args):

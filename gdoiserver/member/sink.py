@@ -20,7 +20,7 @@ from gdoiserver.codec.constants import EncapsulationMode
 from gdoiserver.codec.gdoi import SigAlgorithm, SigHashAlgorithm
 from gdoiserver.doi.gdoi.registration import GroupRegistration, KEKInfo, TEKInfo
 from gdoiserver.doi.ipsec.algorithms import CIPHERS, INTEGRITIES
-from gdoiserver.doi.ipsec.sa_sink import JsonLinesSink, SinkError
+from gdoiserver.doi.ipsec.sa_sink import JsonLinesSink, SinkError, TeeSink
 from gdoiserver.group.policy import GroupId
 
 __all__ = ["GroupSink", "GroupJsonLinesSink", "GroupTeeSink", "SinkError", "registration_record", "sink_for"]
@@ -123,31 +123,14 @@ class GroupJsonLinesSink(JsonLinesSink):
                      "reason": reason})
 
 
-class GroupTeeSink:
-    """Each event to every sink in turn; the first error is raised once all were told."""
-
-    def __init__(self, sinks: Iterable[GroupSink]):
-        self.sinks = tuple(sinks)
-
-    def _each(self, method: str, *args) -> None:
-        errors = []
-        for sink in self.sinks:
-            try:
-                getattr(sink, method)(*args)
-            except SinkError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+class GroupTeeSink(TeeSink):
+    """Each event to every group sink in turn; the first error is raised once all were told (as TeeSink)."""
 
     def installed(self, registration, new_spis, now) -> None:
         self._each("installed", registration, new_spis, now)
 
     def removed(self, group, tek, reason, now) -> None:
         self._each("removed", group, tek, reason, now)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
 
 
 def sink_for(section) -> GroupSink:
