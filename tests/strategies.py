@@ -71,8 +71,8 @@ def identifications(draw) -> Identification:
 
 @st.composite
 def deletes(draw) -> Delete:
-    """A Delete payload: any number of SPIs of one size (RFC 2408 section 3.15)."""
-    size = draw(st.sampled_from([0, 4, 16]) | st.integers(0, 20))
+    """A Delete payload: any number of SPIs of one size (RFC 2408 section 3.15); SPIs have at least one octet."""
+    size = draw(st.sampled_from([4, 16]) | st.integers(1, 20))
     spis = draw(st.lists(octets(size, size), max_size=4))
     return Delete(draw(dois), draw(u8), tuple(spis), size)
 

@@ -390,6 +390,8 @@ class Delete:
         doi, proto, size, count = _DELETE.unpack_from(body, 0)
         if doi not in _SUPPORTED_DOIS:
             raise DecodeError(NotifyType.DOI_NOT_SUPPORTED, f"DOI {doi} in a Delete", 0)
+        if count and not size:  # an SPI of no octets names no SA; 65,535 of them fit in twelve octets
+            raise DecodeError(_MALFORMED, f"{count} SPIs of no octets", 5)
         if size * count != len(body) - 8:
             raise DecodeError(_MALFORMED, f"{count} SPIs of {size} octets do not fill {len(body) - 8}", 5)
         spis = tuple(bytes(body[8 + i * size : 8 + (i + 1) * size]) for i in range(count))
