@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import resource
 import selectors
 import socket
 import struct
@@ -275,12 +276,20 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[int(rank) - 1]
 
 
+def _allow_files(n: int) -> None:
+    """Raise the soft limit on open files to ``n`` if it is lower (two sockets per address), up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY else min(n, hard), hard))
+
+
 def run(args) -> dict:
     """Run the load described by ``args`` (the command-line namespace) and return the report."""
     workers = max(1, min(args.workers, args.count, args.concurrency))
     quotas, windows = _shares(args.count, workers), _shares(args.concurrency, workers)
     addresses = source_addresses(args.source, args.sources)
     shares = [addresses[i::workers] if len(addresses) >= workers else addresses for i in range(workers)]
+    _allow_files(2 * max(map(len, shares)) + 64)  # inherited by the workers
     ctx = multiprocessing.get_context("fork")
     ready, results = ctx.Queue(), ctx.Queue()
     boxes = [ctx.Queue() for _ in range(workers)]

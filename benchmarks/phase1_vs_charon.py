@@ -2,14 +2,15 @@
 
 Run (as root; it makes its own network namespace):
     python benchmarks/phase1_vs_charon.py [--count 3000] [--rounds 3] [--concurrency 64] [--workers 2]
-                                          [--sources 64] [--group ecp256|modp2048] [--pin] [--profile FILE]
+                                          [--sources N] [--group ecp256|modp2048] [--pin] [--profile FILE]
                                           [--keep]
 
 Inside a fresh ``unshare --net --mount --pid`` namespace (started, and its processes stopped, with the helpers of
 tests/interop/strongswan.py) the script runs ``--rounds`` rounds, each side once per round, interleaved
 ours/charon/ours/charon so that both share the machine's noise.  In each, a freshly started responder listens on
 127.0.0.2:500 and 4500, and benchmarks/loadgen.py plays ``--count`` Main Mode PSK initiators (aes128-sha256 and
-the group, the same PSK) from ``--sources`` addresses counting up from 127.0.1.1:
+the group, the same PSK) from ``--sources`` addresses counting up from 127.0.1.1 (by default one per initiator:
+members are distinct hosts, and charon keeps per-peer state that many SAs from one address make costly):
 
 - ours: ``twistd -n --pidfile= --logfile … gdoi`` with a generated config (the one proposal, ``[[peers]] address
   = "any"``, the half-open caps set to ``--per-peer-cap``);
@@ -411,8 +412,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds one handshake may take")
     p.add_argument("--duration", type=float, default=120.0, help="seconds after which a round starts no more")
     p.add_argument("--psk", default=sw.PSK, help="the pre-shared key (text) both responders use")
-    p.add_argument("--sources", type=int, default=64,
-                   help=f"initiator addresses from {SOURCE} up (distinct hosts, each with its own ID)")
+    p.add_argument("--sources", type=int,
+                   help=f"initiator addresses from {SOURCE} up (distinct hosts, each with its own ID); default: "
+                        "--count, one address per initiator, as a member has its own")
     p.add_argument("--per-peer-cap", type=int, default=10000,
                    help="half-open SAs allowed per peer address (ours: ike.halfopen_*; charon: block_threshold)")
     p.add_argument("--pin", action="store_true",
@@ -427,8 +429,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["--inside"]:
         return _inside(argv[1])
     args = parser().parse_args(argv)
-    if min(args.count, args.rounds, args.concurrency, args.workers) < 1:
-        parser().error("--count, --rounds, --concurrency and --workers must be at least 1")
+    if args.sources is None:
+        args.sources = args.count
+    if min(args.count, args.rounds, args.concurrency, args.workers, args.sources) < 1:
+        parser().error("--count, --rounds, --concurrency, --workers and --sources must be at least 1")
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
     if args.pin and (os.cpu_count() or 1) < 2:
