@@ -14,8 +14,9 @@ E. octets 28 onwards as an ESP/AH TEK and an IEC 61850 TEK (RFC 6407 section 5.4
 
 The contract (:func:`check` raises AssertionError, or lets the stray exception out, when it is broken): decoding
 raises :class:`DecodeError` and nothing else; whatever decodes encodes back to the same octets, and decoding those
-gives an equal object; :func:`grammar.check`, ``Identification.value()`` and ``Selector.value()`` on whatever
-decoded raise nothing but DecodeError.
+gives an equal object; what decodes holds no more elements (payloads, proposals, SPIs, attributes, ...) than the
+input has octets, so no input amplifies into work or memory; :func:`grammar.check`, ``Identification.value()``
+and ``Selector.value()`` on whatever decoded raise nothing but DecodeError.
 
     python fuzz/codec_fuzz.py --write-seeds SEEDS                   # the seed corpus, from tests/ and the pcap
     python fuzz/codec_fuzz.py WORK SEEDS fuzz/corpus/codec -max_total_time=2400 -max_len=4096   # libFuzzer flags
@@ -38,6 +39,8 @@ else:
 
 with _instrumented:
     import struct
+
+    import attrs
 
     from gdoiserver.codec import attributes as _attributes
     from gdoiserver.codec import grammar
@@ -106,6 +109,22 @@ def _grammar(message: Message) -> None:
             pass
 
 
+def _items(obj) -> int:
+    """How many elements the tuples of a decoded object hold, those of nested objects and attributes included."""
+    if isinstance(obj, tuple):
+        return len(obj) + sum(_items(x) for x in obj if not isinstance(x, (int, bytes)))
+    if attrs.has(type(obj)):
+        return sum(_items(getattr(obj, a.name)) for a in attrs.fields(type(obj)))
+    return 0
+
+
+def _bounded(what: str, decoded, octets: int) -> None:
+    """No amplification: a decoded object holds no more elements than the octets it came from."""
+    n = _items(decoded)
+    if n > octets:
+        raise AssertionError(f"{what}: {octets} octets decoded to {n} elements")
+
+
 def _same(what: str, got, want) -> None:
     if got == want:
         return
@@ -122,6 +141,7 @@ def _message(data: bytes, ctx) -> None:
         m = decode_message(data, ctx.doi, ctx)
     except DecodeError:
         return
+    _bounded("message", m, len(data))
     encoded = m.encode(ctx)
     _same("message re-encoded", encoded, data)
     _same("message decoded again", decode_message(encoded, ctx.doi, ctx), m)
@@ -152,6 +172,7 @@ def _plaintext(data: bytes, ctx) -> None:
         m = shell.with_plaintext(body, ctx.doi, ctx)
     except DecodeError:
         return
+    _bounded("decrypted body", m, len(body))
     _same("decrypted body re-encoded", m.body(ctx), body)
     _values(m.payloads)
     _grammar(m)
@@ -171,6 +192,7 @@ def _payload(payload_type: int, body: bytes, ctx) -> None:
     except DecodeError:
         return
     _same("payload end", end, len(framed))
+    _bounded(f"payload type {payload_type}", payloads, len(framed))
     encoded = encode_chain(payloads, ctx)
     _same(f"payload type {payload_type} re-encoded", encoded, framed)
     _same(f"payload type {payload_type} decoded again", decode_chain(payload_type, encoded, ctx)[0], payloads)
@@ -180,12 +202,13 @@ def _payload(payload_type: int, body: bytes, ctx) -> None:
 def _attributes_view(data: bytes, start: int, end: int) -> None:
     """View D: data attributes filling ``data[start:end]``."""
     try:
-        attrs = decode_attributes(data, start, end)
+        attributes = decode_attributes(data, start, end)
     except DecodeError:
         return
-    encoded = encode_attributes(attrs)
+    _bounded("attributes", attributes, end - start)
+    encoded = encode_attributes(attributes)
     _same(f"attributes [{start}:{end}] re-encoded", encoded, data[start:end])
-    _same("attributes decoded again", decode_attributes(encoded), attrs)
+    _same("attributes decoded again", decode_attributes(encoded), attributes)
 
 
 def _teks(body: bytes, ctx) -> None:
@@ -195,6 +218,7 @@ def _teks(body: bytes, ctx) -> None:
             tek = cls.decode(body, 0)
         except DecodeError:
             continue
+        _bounded(cls.__name__, tek, len(body))
         encoded = tek.encode(ctx)
         _same(f"{cls.__name__} re-encoded", encoded, body)
         _same(f"{cls.__name__} decoded again", cls.decode(encoded, 0), tek)
@@ -251,8 +275,6 @@ def seeds():
     (its encrypted messages also decrypted, with the Encryption bit both kept and cleared)."""
     import pathlib
 
-    import attrs
-
     from gdoiserver.tools import pcap
     from gdoiserver.tools.decrypt import Decryptor, read_keylog
     from tests import corpus
@@ -306,7 +328,7 @@ def main(argv) -> None:
     if "--write-seeds" in argv:
         print(write_seeds(argv[argv.index("--write-seeds") + 1]), "seed files written")
         return
-    for f in (_values, _grammar, _message, _plaintext, _payload, _attributes_view, _teks, check):
+    for f in (_values, _grammar, _items, _bounded, _message, _plaintext, _payload, _attributes_view, _teks, check):
         atheris.instrument_func(f)  # the harness's own branches (a decryption that succeeds) count as coverage
     atheris.Setup(argv, check)
     atheris.Fuzz()

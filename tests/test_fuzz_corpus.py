@@ -21,7 +21,7 @@ from gdoiserver.codec.errors import DecodeError
 from gdoiserver.codec.gdoi import SAT, GroupSA, IEC61850TEK, IPsecTEK
 from gdoiserver.codec.message import HEADER_SIZE
 from gdoiserver.codec.payload import REGISTRY, context_for
-from gdoiserver.codec.payloads import SA, Nonce, Proposal
+from gdoiserver.codec.payloads import SA, Delete, Nonce, Proposal
 from tests import corpus as messages
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "codec"
@@ -126,6 +126,19 @@ class CorpusReplayTests(_KeepsAttributeCache, SynchronousTestCase):
         check(data)
         self.patch(Nonce, "encode_body", lambda self, ctx: self.nonce_data + b"\0")
         self.assertRaises(AssertionError, check, data)
+
+    def test_check_catches_amplification(self):
+        """The harness notices a decoder whose result outgrows its input (here a Delete that reads its twelve
+        octets as 65,535 SPIs of no octets, as the codec once did), so the replay fails on such a flaw."""
+        data = messages.by_name("INFO-delete-esp").message.encode()
+        check(data)
+
+        def decode_body(cls, body, ctx):
+            return cls(1, 3, (b"",) * 0xFFFF, 0)
+
+        self.patch(Delete, "decode_body", classmethod(decode_body))
+        e = self.assertRaises(AssertionError, check, data)
+        self.assertIn("decoded to", str(e))
 
 
 def h(text: str) -> bytes:
