@@ -269,6 +269,25 @@ class InitiatorTests(unittest.TestCase):
         self.assertIn(f"p1:rekey:{spi}", timers)
         self.assertEqual(s.h.counters["phase2_initiated"], 1)
 
+    def test_sink_failure_on_removal_is_counted(self):
+        """When the ISAKMP SA goes and the sink refuses the removal of its IPsec SAs, the plugin counts it in
+        ``sink_errors`` (the removed hook returns no effects) and still forgets the SAs."""
+        from gdoiserver.doi.ipsec.sa_sink import SinkError
+        s = Setup(self)
+        machine = s.ipsec.initiator(s.sa, policy(), s.rng)
+        s.h.engine.start_phase2(s.sa, machine)
+        s.answer_as_peer()
+        self.assertEqual(len(s.ipsec.all_sas()), 1)
+
+        class RefusingSink(ListSink):
+            def removed(self, sa, reason, now):
+                raise SinkError("disk full")
+
+        s.ipsec.sink = RefusingSink()
+        s.ipsec.removed(s.sa, "test", 1.0)
+        self.assertEqual(s.ipsec.sink_errors, 1)
+        self.assertEqual(s.ipsec.all_sas(), [])
+
     def test_adopt_assigns_a_message_id(self):
         """A machine we initiate with no M-ID of its own (GROUPKEY-PULL's member leaves it open) gets a fresh non-zero
         one from the dispatcher before it starts, so the answers under that M-ID reach it."""

@@ -51,6 +51,8 @@ class IPsecDOI:
     in_use: set = attrs.Factory(set)
     #: Called with each IPsecSA once established (tools that wait for an SA).
     hooks: list = attrs.Factory(list)
+    #: Sink failures met where no effect can carry a Count (``removed`` returns none).
+    sink_errors: int = 0
 
     # --- DOIPlugin ------------------------------------------------------------------------------------------------
 
@@ -149,7 +151,7 @@ class IPsecDOI:
                 if self.sink is not None:
                     self.sink.removed(ipsec, f"ISAKMP SA gone: {reason}", now)
             except SinkError:
-                pass  # nothing to count with: the engine's SA is gone; the sink logged nothing either
+                self.sink_errors += 1  # ``removed`` returns no effects, so the count lives here
         self.sas.pop(sa.spi, None)
 
     # --- helpers --------------------------------------------------------------------------------------------------
