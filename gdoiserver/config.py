@@ -319,6 +319,16 @@ class Limits:
 
 
 @attrs.frozen
+class Store:
+    """The embedded key store (SQLite): groups, keys, SEQ high-water marks and members survive restarts.  A
+    relative path is relative to the cwd; the file is made with mode 0600.  ``seq_block``: SEQ numbers reserved
+    (written) ahead of use, so that a crash never repeats one."""
+
+    path: str = setting(text, default="gdoiserver-state.db")
+    seq_block: int = setting(integer(1, 1 << 20), default=64)
+
+
+@attrs.frozen
 class Keylog:
     """Where to write session keys for Wireshark (absent: nowhere).  A relative path is relative to the cwd."""
 
@@ -433,6 +443,7 @@ class Config:
     security: Security = section(Security)
     limits: Limits = section(Limits)
     keylog: Keylog = section(Keylog)
+    store: Store = section(Store)
     ike: IKE = section(IKE)
     identity: IdentityConfig = section(IdentityConfig)
     peers: tuple[Peer, ...] = setting(array_of(table(Peer)), default=())

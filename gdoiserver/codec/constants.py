@@ -61,6 +61,9 @@ class ExchangeType(enum.IntEnum):
     MAIN_MODE = 2
     GROUPKEY_PULL = 32
     GROUPKEY_PUSH = 33
+    #: RFC 8263's acknowledgement of a GROUPKEY-PUSH (number not confirmed against the IANA registry: see
+    #: docs/wire-format.md).
+    GROUPKEY_PUSH_ACK = 35
 
 
 class Flags(enum.IntFlag):

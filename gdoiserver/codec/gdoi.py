@@ -36,8 +36,8 @@ class KEKAttr(enum.IntEnum):
     """SA KEK attribute classes (RFC 6407 section 5.3; IANA "SA KEK Payload Values - KEK Attributes").
 
     1-4 and their Basic/Variable forms are as the IANA registry lists them; KE_OAKLEY_GROUP is RFC 3547's (section
-    5.3.9), which RFC 6407 no longer uses.  RFC 8263's KEK_ACK_REQUESTED is in the same registry, but its number
-    could not be read, so it is not named here (it round-trips as a plain int).
+    5.3.9), which RFC 6407 no longer uses.  KEK_INTEGRITY_ALGORITHM and RFC 8263's KEK_ACK_REQUESTED follow in the
+    same registry; their numbers could not be read in the registry itself and are our best reading.
     """
 
     KEK_MANAGEMENT_ALGORITHM = 1
@@ -48,6 +48,10 @@ class KEKAttr(enum.IntEnum):
     SIG_ALGORITHM = 6
     SIG_KEY_LENGTH = 7
     KE_OAKLEY_GROUP = 8
+    #: RFC 6407 section 5.3 (number not confirmed, see docs/wire-format.md).
+    KEK_INTEGRITY_ALGORITHM = 9
+    #: RFC 8263: the key server asks members to acknowledge each rekey (number not confirmed).
+    KEK_ACK_REQUESTED = 10
 
 
 class KEKManagementAlgorithm(enum.IntEnum):

@@ -62,6 +62,7 @@ from gdoiserver.config import (
     ip_address,
     number_in,
     one_of,
+    seconds,
     setting,
     table,
     text,
@@ -154,6 +155,7 @@ class KEKEntry:
     key_bits: int = setting(number_in(128, 192, 256), default=128)
     signature_hash: str = setting(one_of(*SIG_HASHES), default="sha256")
     lifetime: int = setting(integer(300, 30 * 86400), default=86400)
+    lkh_depth: int = setting(integer(1, 24), default=16)
 
 
 @attrs.frozen
@@ -164,6 +166,13 @@ class RekeyEntry:
     multicast_port: int = setting(integer(1, 65535), default=848)
     ttl: int = setting(integer(1, 255), default=8)
     unicast: bool = setting(boolean, default=False)
+    interface: str | None = setting(text, default=None)
+    retransmits: int = setting(integer(0, 10), default=2)
+    retransmit_interval: float = setting(seconds(0.1, 3600), default=5.0)
+    ack: bool = setting(boolean, default=False)
+    stale_after: int = setting(integer(1, 1000), default=3)
+    lead_time: float | None = setting(seconds(1, 7 * 86400), default=None)
+    kek_lead_time: float | None = setting(seconds(1, 30 * 86400), default=None)
 
 
 @attrs.frozen
@@ -309,7 +318,7 @@ def load_signature_key(path: str, key: str):
 
 def _kek(k: KEKEntry, key: str) -> KEKPolicy:
     private = load_signature_key(k.signature_key, f"{key}.signature_key")
-    return KEKPolicy(private, k.key_bits, k.signature_hash, k.lifetime)
+    return KEKPolicy(private, k.key_bits, k.signature_hash, k.lifetime, k.lkh_depth)
 
 
 def _rekey(r: RekeyEntry, key: str) -> RekeyTransport:
@@ -324,5 +333,6 @@ def _rekey(r: RekeyEntry, key: str) -> RekeyTransport:
         if group.version != source.version:
             raise _wrong(f"{key}.multicast_address", r.multicast_address,
                          f"an IPv{source.version} multicast address, as the source")
-    return RekeyTransport(source, r.source_port, group, r.multicast_port, r.ttl, r.unicast)
+    return RekeyTransport(source, r.source_port, group, r.multicast_port, r.ttl, r.unicast, r.interface,
+                          r.retransmits, r.retransmit_interval, r.ack, r.stale_after, r.lead_time, r.kek_lead_time)
 

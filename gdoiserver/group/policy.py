@@ -327,9 +327,14 @@ class KEKPolicy:
     key_bits: int = 128
     signature_hash: str = "sha256"
     lifetime: int = 86400
+    #: Depth of the LKH tree (RFC 6407 section 5.6.3) that lets the key server evict members: room for
+    #: 2**lkh_depth members, each holding lkh_depth keys.
+    lkh_depth: int = 16
 
     def __attrs_post_init__(self):
         signature_algorithm(self.signature_key)
+        if not 1 <= self.lkh_depth <= 24:
+            raise ValueError(f"LKH depth {self.lkh_depth} (1 to 24)")
         if self.key_bits not in AES_KEY_BITS:
             raise ValueError(f"AES key of {self.key_bits} bits")
         if self.signature_hash not in SIG_HASHES:
@@ -369,8 +374,29 @@ class RekeyTransport:
     multicast_port: int = GDOI_PORT
     ttl: int = 8
     unicast: bool = False
+    #: The interface multicast rekeys leave by: a name such as "eth0", an address of ours, or None (the route's).
+    interface: str | None = None
+    #: Copies of each rekey sent after the first, ``retransmit_interval`` seconds apart (a unicast copy stops
+    #: once its member acknowledged).
+    retransmits: int = 2
+    retransmit_interval: float = 5.0
+    #: Ask members to acknowledge each rekey (RFC 8263: KEK_ACK_REQUESTED in the SAK).
+    ack: bool = False
+    #: A member that acknowledged none of this many rekeys in a row is marked stale.
+    stale_after: int = 3
+    #: Seconds before the current TEKs expire when the next ones are pushed (None: a tenth of the shortest TEK
+    #: lifetime, and at least the GAP delays plus a minute); the same for the KEK.
+    lead_time: float | None = None
+    kek_lead_time: float | None = None
 
     def __attrs_post_init__(self):
+        if self.retransmits < 0 or self.retransmit_interval <= 0:
+            raise ValueError("retransmits must be 0 or more and retransmit_interval above 0")
+        if self.stale_after < 1:
+            raise ValueError("stale_after must be at least 1")
+        for lead in (self.lead_time, self.kek_lead_time):
+            if lead is not None and lead <= 0:
+                raise ValueError("a lead time must be above 0 seconds")
         if self.multicast_address is None and not self.unicast:
             raise ValueError("rekeys go to a multicast group, by unicast, or both")
         if self.multicast_address is not None:

@@ -206,6 +206,7 @@ class IKEEngine:
         self.removed_hooks: list[Callable[[Any, str], object]] = []
         self.informational_hooks: list[Callable[[Any, object], object]] = []
         self.phase2_handlers: dict[int, Phase2Handler] = {}
+        self.exchange_handlers: dict[int, Callable] = {}
         self._queue: deque = deque()
         self._busy = False
 
@@ -222,6 +223,12 @@ class IKEEngine:
     def register_phase2(self, doi: int, handler: Phase2Handler) -> None:
         """Hand messages other than Phase 1 and Informational under an SA of ``doi`` to ``handler``."""
         self.phase2_handlers[doi] = handler
+
+    def register_exchange(self, exchange_type: int, handler: Callable) -> None:
+        """Hand messages of ``exchange_type`` that no ISAKMP SA owns to ``handler(message, raw, peer, listener)``:
+        GROUPKEY-PUSH and its acknowledgement (RFC 6407 section 4, RFC 8263), whose cookies are a KEK SPI and not a
+        Phase 1 SA's.  The handler must not raise; what it raises is counted as ``internal_error``."""
+        self.exchange_handlers[exchange_type] = handler
 
     def run_phase2(self, sa, step: Callable[[float, Callable[[int], bytes]], Iterable | None]) -> None:
         """Carry out the effects of ``step(now, rng)`` as those of the Phase 2 handler of the established ``sa``
@@ -295,6 +302,10 @@ class IKEEngine:
         entry = self.sas.get(spi)
         if entry is not None:
             self._under_sa(entry, message, raw, peer, local)
+            return
+        handler = self.exchange_handlers.get(message.exchange_type)
+        if handler is not None and message.message_id == 0 and spi not in self.exchanges:
+            handler(message, raw, peer, listener)
             return
         entry = self.exchanges.get(spi)
         if entry is None and message.responder_cookie == ZERO_COOKIE:
