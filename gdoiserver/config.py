@@ -328,6 +328,69 @@ class Store:
     seq_block: int = setting(integer(1, 1 << 20), default=64)
 
 
+#: The longest path a UNIX socket address holds (Linux: sun_path is 108 octets, one of them the final NUL).
+UNIX_PATH_MAX = 107
+
+
+def socket_path(value, key) -> str:
+    """A path a UNIX socket can be bound at."""
+    path = text(value, key)
+    if "\0" in path or len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise _wrong(key, value, f"a path of at most {UNIX_PATH_MAX} octets without NUL (the limit of a UNIX socket "
+                     "address)")
+    return path
+
+
+@attrs.frozen
+class Control:
+    """The operator's control socket (``gdoictl``): a UNIX socket made with mode 0600, in a directory made with mode
+    0700 when it does not exist.  A relative path is relative to the cwd."""
+
+    socket: str = setting(socket_path, default="gdoiserver.sock")
+
+
+def loopback_endpoint(value, key) -> str:
+    """"address:port" on a loopback address, IPv6 in brackets ("[::1]:9848"); kept canonical.  Port 0 asks the
+    system for a free port (for tests)."""
+    expected = ('"address:port" on a loopback address, such as "127.0.0.1:9848" or "[::1]:9848" (the endpoint has '
+                "no authentication)")
+    try:
+        host, port = split_endpoint(value)
+    except ValueError:
+        raise _wrong(key, value, expected) from None
+    if not ipaddress.ip_address(host).is_loopback:
+        raise _wrong(key, value, expected)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """("address", port) of "address:port" or "[v6 address]:port"; ValueError when it is neither."""
+    if not isinstance(endpoint, str):
+        raise ValueError(endpoint)
+    host, sep, port = endpoint.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ipaddress.ip_address(host).version != 6:
+            raise ValueError(endpoint)
+    elif ":" in host:
+        raise ValueError(endpoint)  # an IPv6 address needs brackets
+    if not sep or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(endpoint)
+    return str(ipaddress.ip_address(host)), int(port)
+
+
+@attrs.frozen
+class Metrics:
+    """The Prometheus text endpoint (HTTP, no authentication): ``listen`` is "address:port" on a loopback address
+    ("[::1]:port" for IPv6); absent: no endpoint."""
+
+    listen: str | None = setting(loopback_endpoint, default=None)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """(address, port) to listen on, or None."""
+        return None if self.listen is None else split_endpoint(self.listen)
+
+
 @attrs.frozen
 class Keylog:
     """Where to write session keys for Wireshark (absent: nowhere).  A relative path is relative to the cwd."""
@@ -404,7 +467,8 @@ class IdentityConfig:
 class Peer:
     """A peer, matched by ``address`` (Main Mode: the PSK is chosen before the ID is seen) and/or by ``id``
     (Aggressive Mode and signatures).  ``certificate``/``private_key`` are ours for this peer; ``ca`` the anchors
-    its certificate must chain to."""
+    its certificate must chain to; ``crl`` CRL files (PEM or DER) of those CAs or of intermediates below them: a
+    certificate they list is refused, and so is every certificate of an issuer whose CRL is out of date."""
 
     address: str | None = setting(peer_address, default=None)
     id: str | None = setting(text, default=None)
@@ -415,6 +479,7 @@ class Peer:
     certificate: str | None = setting(readable_file, default=None)
     private_key: str | None = setting(private_key_file, default=None)
     ca: tuple[str, ...] = setting(array_of(readable_file), default=())
+    crl: tuple[str, ...] = setting(array_of(readable_file), default=())
 
     @property
     def psk(self) -> Secret | None:
@@ -444,6 +509,8 @@ class Config:
     limits: Limits = section(Limits)
     keylog: Keylog = section(Keylog)
     store: Store = section(Store)
+    control: Control = section(Control)
+    metrics: Metrics = section(Metrics)
     ike: IKE = section(IKE)
     identity: IdentityConfig = section(IdentityConfig)
     peers: tuple[Peer, ...] = setting(array_of(table(Peer)), default=())
@@ -514,6 +581,8 @@ def _check_peer(peer: Peer, key: str) -> Identification | None:
     if signed and (peer.certificate is None or not peer.ca):
         missing = "certificate" if peer.certificate is None else "ca"
         raise Invalid(f"{key}.{missing}", f"missing: auth {_show(peer.auth)} needs certificate, private_key and ca")
+    if peer.crl and not peer.ca:
+        raise Invalid(f"{key}.crl", "is set without ca: CRLs serve the CAs a peer's certificate chains to")
     return ident
 
 
@@ -632,9 +701,9 @@ def policy_from_config(config: Config, source: str = "<config>", **extra) -> Pha
     """The :class:`Phase1Policy` a configuration describes; ``extra`` overrides fields.
 
     The certificate and private key of the ``[[peers]]`` entries become ``credentials`` (one pair for all peers:
-    the policy holds one) and all their ``ca`` files one ``trust`` store; a file that does not load raises
-    :class:`ConfigError` naming ``source`` and the key.  We always answer R-U-THERE, so we always announce DPD
-    (RFC 3706 section 5).
+    the policy holds one) and all their ``ca`` files one ``trust`` store, which holds their ``crl`` files too; a
+    file that does not load raises :class:`ConfigError` naming ``source`` and the key.  We always answer
+    R-U-THERE, so we always announce DPD (RFC 3706 section 5).
     """
     peers = PeerTable(config.peers)
     ike = config.ike
@@ -648,7 +717,11 @@ def policy_from_config(config: Config, source: str = "<config>", **extra) -> Pha
     anchors = [(f"peers[{i}].ca[{j}]", path) for i, p in enumerate(config.peers) for j, path in enumerate(p.ca)]
     if anchors and "trust" not in extra:
         loaded = [_loaded(source, key, certs.TrustStore.load, [path]).certificates for key, path in anchors]
-        extra["trust"] = certs.TrustStore(tuple(c for group in loaded for c in group))
+        trust = certs.TrustStore(tuple(c for group in loaded for c in group))
+        for i, p in enumerate(config.peers):
+            for j, path in enumerate(p.crl):
+                trust = _loaded(source, f"peers[{i}].crl[{j}]", trust.with_crls, path)
+        extra["trust"] = trust
     return Phase1Policy(
         proposals=tuple(phase1_proposal(p) for p in ike.proposals),
         psk_for_address=peers.psk_for_address,

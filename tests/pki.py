@@ -3,6 +3,10 @@
 Keys are made once per process and kind (``key("rsa2048")``, ``key("p256", 1)``...), since RSA key generation is
 the slow part.  Certificates are cheap and made fresh by :func:`issue`.  Every certificate is valid around
 :data:`NOW`, which tests pass to chain validation as the current time.
+
+The refused kinds of the authentication matrix come from :func:`expired`, :func:`not_yet_valid` and
+:func:`revoke` (an end entity and the CRL of its issuer that lists it); :func:`crl` makes any CRL (expired, not
+yet valid, forged) and :func:`write_crls` writes them.
 """
 
 import datetime
@@ -150,4 +154,97 @@ def write_key(path, private_key, *, mode: int = 0o600, der: bool = False, passwo
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)
+    return str(path)
+
+
+def expired(subject: str, subject_key, issuer: Issued, *, at: datetime.datetime = NOW, **kw) -> Issued:
+    """An end entity that was valid for 30 days and expired one day before ``at``."""
+    return issue(subject, subject_key, issuer, not_before=at - 31 * DAY, not_after=at - DAY, **kw)
+
+
+def not_yet_valid(subject: str, subject_key, issuer: Issued, *, at: datetime.datetime = NOW, **kw) -> Issued:
+    """An end entity whose validity starts one day after ``at``."""
+    return issue(subject, subject_key, issuer, not_before=at + DAY, not_after=at + 30 * DAY, **kw)
+
+
+def crl(
+    issuer: Issued,
+    revoked=(),
+    *,
+    this_update: datetime.datetime = NOW - DAY,
+    next_update: datetime.datetime | None = NOW + 7 * DAY,
+    signing_key=None,
+    number: int = 1,
+    extensions=(),
+) -> x509.CertificateRevocationList:
+    """A CRL of ``issuer`` (SHA-256) listing ``revoked``: certificates, or (certificate, x509.ReasonFlags) pairs,
+    each revoked at ``this_update``.  ``next_update`` None leaves nextUpdate out (cryptography's builder needs it,
+    so the CRL is then re-encoded without it); ``signing_key`` signs instead of the issuer's key (a forged CRL);
+    ``extensions`` are (extension, critical) pairs added to the CRL."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.certificate.subject)
+        .last_update(this_update)
+        .next_update(next_update or this_update + DAY)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    for item in revoked:
+        cert, reason = item if isinstance(item, tuple) else (item, None)
+        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(this_update)
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        builder = builder.add_revoked_certificate(entry.build())
+    key = signing_key or issuer.key
+    made = builder.sign(key, hashes.SHA256())
+    if next_update is None:
+        made = _without_next_update(made, key)
+    return made
+
+
+def _without_next_update(made: x509.CertificateRevocationList, key) -> x509.CertificateRevocationList:
+    """``made`` with its nextUpdate taken out of the TBSCertList and signed again (RFC 5280 section 5.1: the field
+    is OPTIONAL in the ASN.1, though conforming issuers include it)."""
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from pyasn1.codec.der import decoder, encoder
+    from pyasn1.type import univ
+    from pyasn1_modules import rfc5280
+
+    der = made.public_bytes(serialization.Encoding.DER)
+    certlist, _ = decoder.decode(der, asn1Spec=rfc5280.CertificateList())
+    tbs = certlist["tbsCertList"]
+    tbs["nextUpdate"] = tbs["nextUpdate"].clone()  # an unset value: the OPTIONAL field is left out
+    tbs_der = encoder.encode(tbs)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(tbs_der, ec.ECDSA(hashes.SHA256()))
+    else:
+        signature = key.sign(tbs_der, padding.PKCS1v15(), hashes.SHA256())
+    certlist["signature"] = univ.BitString.fromOctetString(signature)
+    return x509.load_der_x509_crl(encoder.encode(certlist))
+
+
+@attrs.frozen
+class Revoked:
+    """An end entity, and the CRL of its issuer that revokes it (key compromise)."""
+
+    leaf: Issued
+    crl: x509.CertificateRevocationList
+
+
+def revoke(subject: str, subject_key, issuer: Issued, *, at: datetime.datetime = NOW, **kw) -> Revoked:
+    """An end entity valid around ``at`` and a CRL of ``issuer``, current at ``at``, that revokes it."""
+    window = dict(not_before=at - DAY, not_after=at + 30 * DAY)
+    leaf = issue(subject, subject_key, issuer, **window, **kw)
+    listed = crl(issuer, [(leaf.certificate, x509.ReasonFlags.key_compromise)], this_update=at - DAY / 2,
+                 next_update=at + 7 * DAY)
+    return Revoked(leaf, listed)
+
+
+def write_crls(path, *crls: x509.CertificateRevocationList, der: bool = False) -> str:
+    """Write PEM (several CRLs concatenated) or DER (one CRL); returns ``path`` as str."""
+    encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+    with open(path, "wb") as f:
+        for c in crls:
+            f.write(c.public_bytes(encoding))
     return str(path)

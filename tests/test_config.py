@@ -21,6 +21,7 @@ from gdoiserver.config import (
     setting,
     table,
 )
+from gdoiserver.crypto import certs
 from gdoiserver.exchanges.phase1 import Phase1Proposal
 from tests import pki
 
@@ -229,6 +230,58 @@ class SchemaHelperTests(unittest.TestCase):
         self.assertEqual(e.key, "groups[0].rekey")
 
 
+
+class ControlMetricsConfigTests(unittest.TestCase):
+    def test_defaults(self):
+        """Without [control] and [metrics]: the control socket gdoiserver.sock in the cwd, and no metrics endpoint."""
+        config = parse_config({})
+        self.assertEqual(config.control.socket, "gdoiserver.sock")
+        self.assertIsNone(config.metrics.listen)
+        self.assertIsNone(config.metrics.endpoint())
+
+    def test_metrics_loopback_forms(self):
+        """metrics.listen takes an IPv4 or bracketed IPv6 loopback address and a port, kept canonical."""
+        for given, listen, endpoint in [
+            ("127.0.0.1:9848", "127.0.0.1:9848", ("127.0.0.1", 9848)),
+            ("127.1.2.3:0", "127.1.2.3:0", ("127.1.2.3", 0)),
+            ("[::1]:9848", "[::1]:9848", ("::1", 9848)),
+            ("[0:0:0:0:0:0:0:1]:65535", "[::1]:65535", ("::1", 65535)),
+        ]:
+            metrics = parse_config({"metrics": {"listen": given}}).metrics
+            self.assertEqual((metrics.listen, metrics.endpoint()), (listen, endpoint), given)
+
+    def test_metrics_refuses_other_addresses(self):
+        """A non-loopback address, a name, a missing or bad port, or an IPv6 address without brackets is refused
+        with the key, the value and the expected form."""
+        for bad in ["0.0.0.0:9848", "192.0.2.1:9848", "[::]:9848", "localhost:9848", "127.0.0.1", "127.0.0.1:",
+                    "127.0.0.1:65536", "127.0.0.1:-1", "::1:9848", "[127.0.0.1]:9848", "127.0.0.1:98x", 9848]:
+            e = self.assertRaises(ConfigError, parse_config, {"metrics": {"listen": bad}}, "m.toml")
+            self.assertEqual(e.key, "metrics.listen", bad)
+            self.assertIn("expected \"address:port\" on a loopback address", e.problem)
+        e = self.assertRaises(ConfigError, parse_config, {"metrics": {"listen": "0.0.0.0:9848"}}, "m.toml")
+        self.assertEqual(str(e), 'm.toml: metrics.listen: got "0.0.0.0:9848", expected "address:port" on a loopback '
+                         'address, such as "127.0.0.1:9848" or "[::1]:9848" (the endpoint has no authentication)')
+
+    def test_control_socket(self):
+        """control.socket takes a path; an empty one, a non-string or one too long for a UNIX socket address is
+        refused."""
+        self.assertEqual(parse_config({"control": {"socket": "/run/gdoi/ctl.sock"}}).control.socket,
+                         "/run/gdoi/ctl.sock")
+        self.assertEqual(parse_config({"control": {"socket": "a" * 107}}).control.socket, "a" * 107)
+        for bad in ["", 1, "a" * 108, "bad\0path"]:
+            e = self.assertRaises(ConfigError, parse_config, {"control": {"socket": bad}})
+            self.assertEqual(e.key, "control.socket", repr(bad))
+        e = self.assertRaises(ConfigError, parse_config, {"control": {"socket": "a" * 108}})
+        self.assertIn("at most 107 octets", e.problem)
+
+    def test_unknown_control_key(self):
+        """A misspelt key in [control] or [metrics] is named rather than ignored."""
+        e = self.assertRaises(ConfigError, parse_config, {"control": {"path": "x"}})
+        self.assertEqual(e.key, "control.path")
+        e = self.assertRaises(ConfigError, parse_config, {"metrics": {"address": "127.0.0.1:1"}})
+        self.assertEqual(e.key, "metrics.address")
+
+
 PSK = b"correct horse battery staple"
 
 
@@ -335,6 +388,46 @@ class Phase1ConfigTests(unittest.TestCase):
         e = self.assertRaises(ConfigError, parse_config, {"peers": peers})
         self.assertEqual(e.key, "peers[2].certificate")
         self.assertIn("one certificate and key serve every peer", e.problem)
+
+    def test_crl_files(self):
+        """``crl`` (PEM, several CRLs, or DER) beside ``ca`` puts every CRL of every entry into the one trust store
+        the policy checks certificates with: a listed certificate is refused there."""
+        issued = pki.hierarchy("p256")
+        leaf = issued.leaf.certificate
+        ca = pki.write_certificates(os.path.abspath(self.mktemp()), issued.root.certificate)
+        pem = pki.write_crls(os.path.abspath(self.mktemp()), pki.crl(issued.root, []),
+                             pki.crl(issued.intermediate, [leaf]))
+        der = pki.write_crls(os.path.abspath(self.mktemp()), pki.crl(issued.intermediate, [], number=2), der=True)
+        text = (self.peer(address="192.0.2.1", ca=[ca], crl=[pem]) + self.peer(address="192.0.2.2", ca=[ca], crl=[der])
+                + self.peer(address="192.0.2.3", ca=[ca]))
+        config = load_config(self.write(text))
+        self.assertEqual([p.crl for p in config.peers], [(pem,), (der,), ()])
+        trust = policy_from_config(config).trust
+        self.assertEqual(len(trust.crls), 3)
+        with self.assertRaises(certs.CertificateError) as cm:
+            certs.validate_chain(trust, leaf, [issued.intermediate.certificate], pki.NOW)
+        self.assertIn("was revoked", cm.exception.reason)
+
+    def test_crl_errors(self):
+        """A CRL file that is missing, not a CRL, or not signed by the CA it names is refused naming its key;
+        ``crl`` without ``ca`` is refused at parse time."""
+        issued = pki.hierarchy("p256")
+        ca = pki.write_certificates(os.path.abspath(self.mktemp()), issued.root.certificate)
+        good = pki.write_crls(os.path.abspath(self.mktemp()), pki.crl(issued.root, []))
+        forged_crl = pki.crl(issued.root, [], signing_key=pki.key("p256", 6))
+        forged = pki.write_crls(os.path.abspath(self.mktemp()), forged_crl)
+        garbage = self.secret_file(b"not a CRL", 0o644)
+        e = self.error(self.peer(address="any", ca=[ca], crl=["/nonexistent/x.crl"]))
+        self.assertEqual(e.key, "peers[0].crl[0]")
+        e = self.error(self.peer(address="any", crl=[good]))
+        self.assertEqual(e.key, "peers[0].crl")
+        self.assertIn("without ca", e.problem)
+        for path, words in ((garbage, "not a PEM or DER X.509 CRL"), (forged, "not signed by the CA certificate")):
+            peers = [{"address": "192.0.2.1", "ca": [ca]}, {"address": "any", "ca": [ca], "crl": [good, path]}]
+            e = self.assertRaises(ConfigError, policy_from_config, parse_config({"peers": peers}), "gdoi.toml")
+            self.assertEqual((e.source, e.key), ("gdoi.toml", "peers[1].crl[1]"))
+            self.assertIn(path, e.problem)
+            self.assertIn(words, e.problem)
 
     def test_psk_file_mode(self):
         """A PSK file that group or others may read (0644) is refused, naming the key, the file and its mode; the

@@ -635,6 +635,162 @@ class LoadTests(unittest.TestCase):
         certs.validate_chain(trust, self.h.leaf.certificate, [self.h.intermediate.certificate], pki.NOW)
 
 
+class RevocationTests(unittest.TestCase):
+    """CRLs in the trust store (RFC 5280 sections 5 and 6.3, RFC 4945 section 5.2): a certificate listed by a CRL of
+    its issuer is refused; a CRL must be signed by that issuer and current, or the certificate is refused too."""
+
+    def setUp(self):
+        self.h = pki.hierarchy("p256")
+        self.chain = [self.h.intermediate.certificate]
+
+    def trust(self, *crls):
+        return certs.TrustStore((self.h.root.certificate,), crls)
+
+    def assertRefused(self, trust, leaf=None, now=pki.NOW) -> str:
+        with self.assertRaises(certs.CertificateError) as cm:
+            certs.validate_chain(trust, leaf or self.h.leaf.certificate, self.chain, now)
+        self.assertEqual(cm.exception.notify, NotifyType.INVALID_CERTIFICATE, cm.exception.reason)
+        return cm.exception.reason
+
+    def test_revoked_leaf(self):
+        """The leaf's serial in a current CRL of the intermediate: refused, and the reason names the certificate,
+        its serial, the CRL's issuer and the CRL reason code."""
+        leaf = self.h.leaf.certificate
+        listed = pki.crl(self.h.intermediate, [(leaf, x509.ReasonFlags.key_compromise)])
+        reason = self.assertRefused(self.trust(listed))
+        self.assertIn(f"certificate {leaf.subject.rfc4514_string()} (serial {leaf.serial_number:x}) was revoked by "
+                      f"{self.h.intermediate.certificate.subject.rfc4514_string()}", reason)
+        self.assertIn("reason keyCompromise", reason)
+
+    def test_unlisted_leaf_and_other_issuers(self):
+        """A CRL that lists other serials passes the leaf; CRLs of unrelated CAs play no part; an issuer without a
+        CRL is not checked."""
+        other = pki.issue("other gw", pki.key("p256", 3), self.h.intermediate).certificate
+        unrelated = pki.hierarchy("p384")
+        crls = (pki.crl(self.h.intermediate, [other]), pki.crl(unrelated.intermediate, [self.h.leaf.certificate]))
+        for trust in (self.trust(*crls), self.trust(crls[1]), self.trust()):
+            self.assertEqual(certs.validate_chain(trust, self.h.leaf.certificate, self.chain, pki.NOW),
+                             self.h.leaf.certificate)
+
+    def test_revoked_intermediate(self):
+        """The root's CRL lists the intermediate: every leaf under it is refused."""
+        reason = self.assertRefused(self.trust(pki.crl(self.h.root, [self.h.intermediate.certificate])))
+        self.assertIn(self.h.intermediate.certificate.subject.rfc4514_string(), reason)
+        self.assertIn("was revoked by", reason)
+
+    def test_revoke_helper(self):
+        """tests.pki.revoke gives a leaf that validates without its CRL and is refused with it."""
+        r = pki.revoke("revoked gw", pki.key("p256", 3), self.h.intermediate)
+        certs.validate_chain(self.trust(), r.leaf.certificate, self.chain, pki.NOW)
+        self.assertIn("was revoked", self.assertRefused(self.trust(r.crl), r.leaf.certificate))
+
+    def test_expired_crl_is_an_error(self):
+        """A CRL past its nextUpdate leaves the revocation status unknown: the leaf is refused, not passed; one
+        second before nextUpdate it still counts."""
+        stale = pki.crl(self.h.intermediate, [], this_update=pki.NOW - 8 * pki.DAY, next_update=pki.NOW - pki.DAY)
+        reason = self.assertRefused(self.trust(stale))
+        self.assertIn(f"expired at {stale.next_update_utc}", reason)
+        self.assertIn("revocation status", reason)
+        at_end = stale.next_update_utc
+        certs.validate_chain(self.trust(stale), self.h.leaf.certificate, self.chain, at_end)
+        self.assertRefused(self.trust(stale), now=at_end + pki.datetime.timedelta(seconds=1))
+
+    def test_crl_not_yet_valid(self):
+        """A CRL whose thisUpdate lies after now is refused the same way."""
+        future = pki.crl(self.h.intermediate, [], this_update=pki.NOW + pki.DAY, next_update=pki.NOW + 8 * pki.DAY)
+        self.assertIn("not valid before", self.assertRefused(self.trust(future)))
+
+    def test_newest_crl_decides_currency(self):
+        """With an old expired CRL and a current one, the current one counts; a serial listed by either is
+        revoked."""
+        stale = pki.crl(self.h.intermediate, [self.h.leaf.certificate], this_update=pki.NOW - 30 * pki.DAY,
+                        next_update=pki.NOW - 20 * pki.DAY)
+        fresh = pki.crl(self.h.intermediate, [], number=2)
+        certs.validate_chain(self.trust(fresh, pki.crl(self.h.intermediate, [], this_update=pki.NOW - 9 * pki.DAY,
+                                                       next_update=pki.NOW - 2 * pki.DAY)),
+                             self.h.leaf.certificate, self.chain, pki.NOW)
+        self.assertIn("was revoked", self.assertRefused(self.trust(stale, fresh)))
+
+    def test_crl_not_signed_by_the_issuer(self):
+        """A CRL with the intermediate's name signed by another key is no CRL of the intermediate: the status is
+        unknown and the leaf refused (an intermediate comes from the peer, so this shows only at validation)."""
+        forged = pki.crl(self.h.intermediate, [], signing_key=pki.key("p256", 4))
+        self.assertIn("no CRL of", self.assertRefused(self.trust(forged)))
+
+    def test_issuer_without_crl_sign(self):
+        """An intermediate whose keyUsage lacks cRLSign may not sign CRLs (RFC 5280 section 6.3.3 (f))."""
+        usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=False,
+                              encipher_only=False, decipher_only=False)
+        inter = pki.issue("Test Intermediate CA p256", pki.key("p256", 1), self.h.root, ca=True, key_usage=usage)
+        leaf = pki.issue("gw", pki.key("p256", 2), inter).certificate
+        self.chain = [inter.certificate]
+        self.assertIn("no CRL of", self.assertRefused(self.trust(pki.crl(inter, [])), leaf))
+
+    def test_forged_crl_of_an_anchor_refused_when_added(self):
+        """A CRL naming a trust anchor but not signed by it cannot even join the store: CredentialsError."""
+        forged = pki.crl(self.h.root, [], signing_key=pki.key("p256", 4))
+        with self.assertRaises(certs.CredentialsError) as cm:
+            self.trust(forged)
+        self.assertIn("not signed by the CA certificate", str(cm.exception))
+        self.trust(pki.crl(self.h.root, []))
+
+    def test_crls_that_cannot_be_applied(self):
+        """No nextUpdate, a delta CRL (critical DeltaCRLIndicator) or a critical entry extension: CredentialsError
+        when the store is made."""
+        no_next = pki.crl(self.h.intermediate, [], next_update=None)
+        self.assertIsNone(no_next.next_update_utc)
+        delta = pki.crl(self.h.intermediate, [], extensions=[(x509.DeltaCRLIndicator(1), True)])
+        for bad, words in ((no_next, "nextUpdate"), (delta, "critical extensions 2.5.29.27")):
+            with self.assertRaises(certs.CredentialsError) as cm:
+                self.trust(bad)
+            self.assertIn(words, str(cm.exception))
+
+    def test_load_pem_bundle_and_der(self):
+        """TrustStore.load reads CRLs from a PEM file of two CRLs and a DER file; with_crls adds a file's CRLs and
+        names the file when one is refused; garbage is refused."""
+        leaf = self.h.leaf.certificate
+        pem = pki.write_crls(self.mktemp(), pki.crl(self.h.root, []), pki.crl(self.h.intermediate, [leaf]))
+        der = pki.write_crls(self.mktemp(), pki.crl(self.h.intermediate, [], number=2), der=True)
+        root_pem = pki.write_certificates(self.mktemp(), self.h.root.certificate)
+        trust = certs.TrustStore.load([root_pem], [pem, der])
+        self.assertEqual(len(trust.crls), 3)
+        self.assertIn("was revoked", self.assertRefused(trust))
+        self.assertEqual(certs.TrustStore.load([root_pem]).with_crls(der).crls, trust.crls[2:])
+        forged = pki.write_crls(self.mktemp(), pki.crl(self.h.root, [], signing_key=pki.key("p256", 4)))
+        garbage = self.mktemp()
+        with open(garbage, "wb") as f:
+            f.write(b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+        for path, words in ((forged, "not signed by"), (garbage, "not a PEM or DER X.509 CRL"),
+                            (root_pem, "not a PEM or DER X.509 CRL")):
+            with self.assertRaises(certs.CredentialsError) as cm:
+                certs.TrustStore.load([root_pem]).with_crls(path)
+            self.assertIn(path, str(cm.exception))
+            self.assertIn(words, str(cm.exception))
+
+    def test_openssl_agrees(self):
+        """`openssl verify -crl_check` refuses the revoked leaf ("certificate revoked") and accepts another leaf of
+        the same intermediate, with the same CRL."""
+        openssl = need("openssl")
+        r = pki.revoke("revoked gw", pki.key("p256", 3), self.h.intermediate)
+        good = pki.issue("good gw", pki.key("p256", 4), self.h.intermediate).certificate
+        root = pki.write_certificates(self.mktemp(), self.h.root.certificate)
+        inter = pki.write_certificates(self.mktemp(), self.h.intermediate.certificate)
+        crl = pki.write_crls(self.mktemp(), r.crl)
+        trust = certs.TrustStore.load([root], [crl])
+        for leaf, ok in ((r.leaf.certificate, False), (good, True)):
+            path = pki.write_certificates(self.mktemp(), leaf)
+            proc = subprocess.run([openssl, "verify", "-attime", str(int(pki.NOW.timestamp())), "-crl_check",
+                                   "-CAfile", root, "-untrusted", inter, "-CRLfile", crl, path],
+                                  capture_output=True, text=True, timeout=30)
+            self.assertEqual(proc.returncode == 0, ok, proc.stdout + proc.stderr)
+            if ok:
+                certs.validate_chain(trust, leaf, self.chain, pki.NOW)
+            else:
+                self.assertIn("certificate revoked", proc.stdout + proc.stderr)
+                self.assertIn("was revoked", self.assertRefused(trust, leaf))
+
+
 #: One strongSwan connection per key type; both negotiate SHA-1, so the ECDSA HASH_I shows its own prf (SHA-256).
 STRONGSWAN_CONNECTION = """
   mm-{kind} {{

@@ -36,7 +36,8 @@ from gdoiserver.codec.payloads import KE, SA, Hash, Identification, Nonce, Propo
 from gdoiserver.crypto import certs
 from gdoiserver.doi import plugin as doi_plugin
 from gdoiserver.doi.gdoi import PLUGIN, GDOIPlugin
-from gdoiserver.doi.gdoi import download
+from gdoiserver.doi.gdoi import download, lkh_wire
+from gdoiserver.doi.gdoi.ack import ack_key_for
 from gdoiserver.doi.gdoi.hashes import hash_1, kd_mask, payload_spans
 from gdoiserver.doi.gdoi.pull import KeyServerPolicy, MemberRegistered, PullInitiator, PullResponder
 from gdoiserver.doi.gdoi.registration import (
@@ -52,6 +53,7 @@ from gdoiserver.exchanges import informational
 from gdoiserver.exchanges.effects import CancelTimer, Count, Established, Failed, Send, StartTimer
 from gdoiserver.exchanges.informational import DeleteReceived, NotifyReceived, Received
 from gdoiserver.group.keys import GroupTable
+from gdoiserver.group.lkh import LKHError, LKHTree, LKHUpdate, NodeKey
 from gdoiserver.group.policy import (
     PFS,
     CertificateAttributes,
@@ -878,6 +880,140 @@ class ReadPolicyTests(unittest.TestCase):
             bad = attrs.evolve(sak, attributes=tuple(attr if a.type == attr.type else a for a in sak.attributes))
             e = self.assertRaises(RegistrationRefused, read_policy, GroupSA(payloads=(bad, sat)), MemberPolicy())
             self.assertEqual(e.notify, NotifyType.NO_PROPOSAL_CHOSEN)
+
+
+class LKHRegistrationTests(unittest.TestCase):
+    """The key server's hooks for LKH and eviction (KeyServerPolicy.leaf_for, is_evicted), and what message 4 gives
+    the member (RFC 6407 section 5.6.3)."""
+
+    def harness(self, leaf_for=None, is_evicted=None, **kw) -> Harness:
+        h = Harness([group(**kw)])
+        h.plugin.key_server = attrs.evolve(h.plugin.key_server, leaf_for=leaf_for, is_evicted=is_evicted)
+        return h
+
+    def test_path_in_message_4(self):
+        """The member's LKH path from leaf_for (called with the group's name and the member's identity) reaches
+        the member as lkh_path and lkh_leaf; the key server's MemberRegistered names the leaf and the ack_key,
+        which the member derives alike from its side of the Phase 1 SA."""
+        tree = LKHTree(4, 16, seeded_rng(3))
+        calls = []
+
+        def leaf_for(group_name, identity):
+            calls.append((group_name, identity))
+            return tree.path(tree.join())
+
+        h = self.harness(leaf_for)
+        reg = h.registration(h.run(h.member()))
+        self.assertEqual(calls, [("g", "initiator.example")])
+        self.assertEqual((reg.lkh_leaf, reg.lkh_path), (16, tree.path(16)))
+        (done,) = effects_of(h.ks_effects, Established)
+        self.assertEqual(done.sa.leaf, 16)
+        self.assertEqual(done.sa.ack_key, ack_key_for(h.ks_sa))
+        self.assertEqual(done.sa.ack_key, ack_key_for(h.gm_sa))
+        self.assertEqual(len(done.sa.ack_key), 32)  # prf output of the Phase 1 hash, SHA-256
+        self.assertNotIn(done.sa.ack_key.hex(), repr(done.sa))
+        self.assertNotIn(repr(tree.path(16)[0].key), repr(reg))
+
+    def test_no_path(self):
+        """Without the hook, with a hook that returns None, or in a group without KEK, message 4 has no LKH
+        packet and the registration no path; the hook is never called for a group without KEK."""
+        for h in (self.harness(), self.harness(lambda g, i: None)):
+            reg = h.registration(h.run(h.member()))
+            self.assertEqual((reg.lkh_path, reg.lkh_leaf), ((), None))
+            self.assertIsNone(effects_of(h.ks_effects, Established)[0].sa.leaf)
+        h = self.harness(lambda g, i: self.fail("called"), kek=None)
+        self.assertIsNone(h.registration(h.run(h.member())).kek)
+
+    def test_evicted_member_refused(self):
+        """An evicted member is refused at message 1 with AUTHENTICATION-FAILED and the reason "evicted"; the
+        group's state is untouched and no leaf is asked for."""
+        h = self.harness(lambda g, i: self.fail("called"), lambda g, i: (g, i) == ("g", "initiator.example"))
+        gm_effects = h.run(h.member())
+        (failed,) = effects_of(h.ks_effects, Failed)
+        self.assertEqual(failed.notify, NotifyType.AUTHENTICATION_FAILED)
+        self.assertIn("evicted", failed.reason)
+        self.assertIn("pull_evicted", counts(h.ks_effects))
+        self.assertEqual(effects_of(gm_effects, Established), [])
+        self.assertEqual((h.group().keys.generations_made, h.group().keys.keks_made), (0, 0))
+
+    def test_readmitted_member_registers(self):
+        """is_evicted answering False lets the member register."""
+        h = self.harness(None, lambda g, i: False)
+        self.assertIsNotNone(h.registration(h.run(h.member())).kek)
+
+    def test_full_tree(self):
+        """A full tree (leaf_for raises LKHError) refuses the member with NO-PROPOSAL-CHOSEN."""
+        def full(group_name, identity):
+            raise LKHError("the LKH tree is full")
+
+        h = self.harness(full)
+        h.run(h.member())
+        (failed,) = effects_of(h.ks_effects, Failed)
+        self.assertEqual(failed.notify, NotifyType.NO_PROPOSAL_CHOSEN)
+        self.assertIn("pull_lkh_full", counts(h.ks_effects))
+
+
+class ReadLKHKeysTests(unittest.TestCase):
+    """The member's checks of message 4's LKH key packet."""
+
+    def setUp(self):
+        h = Harness([group()])
+        grp = h.group()
+        self.kek = grp.keys.kek(NOW)
+        sa = download.sa_payload(grp, grp.keys.current(NOW), self.kek, ("127.0.0.1", 500), NOW)
+        self.offered = read_policy(sa, MemberPolicy())
+        self.kd = download.kd_payload(grp.keys.current(NOW), self.kek, (), 16)
+        self.path = (NodeKey(13, 1, b"\x01" * 16), NodeKey(6, 2, b"\x02" * 16), NodeKey(3, 1, b"\x03" * 16))
+
+    def read(self, packet):
+        kd = KD(self.kd.key_packets + (packet,))
+        return read_keys(self.offered, kd, 0, group=GroupId(number=1234), server=("127.0.0.2", 500), now=NOW,
+                         asked_sender_ids=0, pfs=False)
+
+    def refusal(self, packet):
+        e = self.assertRaises(RegistrationRefused, self.read, packet)
+        self.assertEqual(e.notify, NotifyType.INVALID_KEY_INFORMATION, e.reason)
+
+    def test_path(self):
+        """A download array of a leaf and its ancestors below the root gives lkh_path and lkh_leaf."""
+        reg = self.read(lkh_wire.download_packet(self.kek.spi, self.path))
+        self.assertEqual((reg.lkh_path, reg.lkh_leaf), (self.path, 13))
+
+    def test_refusals(self):
+        """Nodes that are no path up to a child of the root, the root itself, keys not of the KEK's size, an update
+        array in GROUPKEY-PULL, another SPI, two LKH packets, or no array: INVALID-KEY-INFORMATION."""
+        for path in (self.path[:2], self.path[1:] + self.path[:1], (NodeKey(1, 1, bytes(16)),),
+                     (self.path[0], NodeKey(7, 1, bytes(16)), self.path[2]),
+                     tuple(k._replace(key=bytes(32)) for k in self.path)):
+            self.refusal(lkh_wire.download_packet(self.kek.spi, path))
+        self.refusal(lkh_wire.update_packet(self.kek.spi, [LKHUpdate(1, 2, 2, 1, bytes(24))]))
+        self.refusal(lkh_wire.download_packet(bytes(16), self.path))
+        packet = lkh_wire.download_packet(self.kek.spi, self.path)
+        self.refusal(attrs.evolve(packet, attributes=()))
+        self.refusal(attrs.evolve(packet, attributes=(Attribute(1, b"\x01\x01\x00\x00"),)))
+        e = self.assertRaises(RegistrationRefused, read_keys, self.offered, KD(self.kd.key_packets + (packet, packet)),
+                              0, group=GroupId(number=1234), server=None, now=NOW, asked_sender_ids=0, pfs=False)
+        self.assertEqual(e.notify, NotifyType.INVALID_KEY_INFORMATION)
+
+    def test_without_kek(self):
+        """An LKH key packet in a group without KEK is refused."""
+        h = Harness([group(kek=None)])
+        grp = h.group()
+        sa = download.sa_payload(grp, grp.keys.current(NOW), None, ("127.0.0.1", 500), NOW)
+        kd = download.kd_payload(grp.keys.current(NOW), None, (), 16)
+        kd = KD(kd.key_packets + (lkh_wire.download_packet(self.kek.spi, self.path),))
+        self.assertRaises(RegistrationRefused, read_keys, read_policy(sa, MemberPolicy()), kd, None,
+                          group=GroupId(number=1234), server=None, now=NOW, asked_sender_ids=0, pfs=False)
+        self.assertRaises(ValueError, download.kd_payload, grp.keys.current(NOW), None, (), 16, self.path)
+
+    def test_sa_of_a_kek_alone(self):
+        """An SA with the SAK and no SAT is refused in GROUPKEY-PULL and read in a PUSH (rekey=True); an SA with
+        neither is refused in both."""
+        sak = download.kek_payload(self.kek, REKEY, ("127.0.0.1", 500), NOW)
+        self.assertRaises(RegistrationRefused, read_policy, GroupSA(payloads=(sak,)), MemberPolicy())
+        offered = read_policy(GroupSA(payloads=(sak,)), MemberPolicy(), rekey=True)
+        self.assertEqual((offered.teks, offered.kek.spi), ((), self.kek.spi))
+        self.assertRaises(RegistrationRefused, read_policy, GroupSA(), MemberPolicy(), rekey=True)
 
 
 def junk_strategy():

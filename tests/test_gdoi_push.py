@@ -8,12 +8,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gdoiserver.codec.attributes import Attribute
 from gdoiserver.codec.constants import DOI
-from gdoiserver.codec.gdoi import KD, GroupSA, KeyPacket, KeyPacketType
+from gdoiserver.codec.gdoi import KD, GroupSA, KEKAttr, KEKKeyAttr, KeyPacket, KeyPacketType, LKHKeyAttr
 from gdoiserver.codec.payloads import Delete
 from gdoiserver.doi.gdoi import push
-from gdoiserver.doi.gdoi.download import kd_payload, sa_payload
+from gdoiserver.doi.gdoi import lkh_wire
+from gdoiserver.doi.gdoi.download import kd_payload, kek_payload, sa_payload
 from gdoiserver.doi.gdoi.registration import MemberPolicy, read_keys, read_policy
 from gdoiserver.group.keys import Group, GroupKeys, KEKKeys
+from gdoiserver.group.lkh import LKHTree
 from gdoiserver.group.policy import (
     GroupId,
     GroupPolicy,
@@ -51,10 +53,10 @@ class KeyServer:
         self.generation = self.group.keys.current(0.0)
         self.rng = seeded_rng(seed + 100)
 
-    def pull(self):
+    def pull(self, lkh_path=None):
         """The member's registration after GROUPKEY-PULL (SEQ 0, SA and KD as download.py builds them)."""
         sa = sa_payload(self.group, self.generation, self.kek, MEMBER, 0.0)
-        kd = kd_payload(self.generation, self.kek, (), 16)
+        kd = kd_payload(self.generation, self.kek, (), 16, lkh_path)
         return read_keys(read_policy(sa, MemberPolicy()), kd, self.kek.seq, group=GID, server=SERVER, now=0.0,
                          asked_sender_ids=0, pfs=False)
 
@@ -332,3 +334,195 @@ class PushWireTests(SynchronousTestCase):
         self.assertEqual(field_values(pkt, "isakmp.delete.spi"), [old.hex(":")])
         self.assertEqual(field_values(pkt, "isakmp.delete.doi"), ["2"])
         self.assertEqual(field_values(pkt, "isakmp.sig"), [clear.payloads[-1].signature_data.hex(":")])
+
+
+class EvictionTests(SynchronousTestCase):
+    """An eviction PUSH (RFC 6407 section 5.6.3, LKH): the new KEK reaches every member but the evicted one."""
+
+    def setUp(self):
+        self.ks = KeyServer("p256")
+        self.tree = LKHTree(3, 16, seeded_rng(7))
+        self.tree.set_root(self.ks.kek.key)
+        self.regs = {}
+        for _ in range(6):
+            leaf = self.tree.join()
+            self.regs[leaf] = self.ks.pull(self.tree.path(leaf))
+
+    def new_kek(self, now: float, spi_seed: int = 1) -> KEKKeys:
+        return KEKKeys(self.ks.group.policy.kek, bytes(range(spi_seed, spi_seed + 16)), bytes(seeded_rng(now)(16)),
+                       now, now + 3000, self.ks.kek.seq)
+
+    def evict(self, leaf: int, now: float = 5.0, kd=None):
+        """The eviction PUSH under the current KEK: SEQ, D(old KEK), SA(SAK of the new KEK), KD, SIG."""
+        new = self.new_kek(now, int(now))
+        updates, _ = self.tree.evict(leaf, new.key)
+        sa = GroupSA(payloads=(kek_payload(new, REKEY, MEMBER, now),))
+        kd = push.eviction_kd(new, updates) if kd is None else kd(new, updates)
+        seq = self.ks.kek.seq + 1
+        data = push.build_push(self.ks.kek, seq, sa, kd, (push.delete_kek(self.ks.kek.spi),), rng=self.ks.rng)
+        self.ks.kek.seq = new.seq = seq  # the counter carries on under the new KEK (RFC 3547 section 4)
+        return new, data
+
+    def verify(self, data, reg, kek=None, seq=None, lkh_path=None):
+        return push.verify_push(data, kek or reg.kek, reg.seq if seq is None else seq, group=GID, server=SERVER,
+                                lkh_path=reg.lkh_path if lkh_path is None else lkh_path)
+
+    def test_registration_carries_the_path(self):
+        """GROUPKEY-PULL's KD gives each member its leaf and the keys of its path below the root."""
+        for leaf, reg in self.regs.items():
+            self.assertEqual(reg.lkh_leaf, leaf)
+            self.assertEqual(reg.lkh_path, self.tree.path(leaf))
+
+    def test_remaining_members_follow(self):
+        """Each other member reads the new KEK (its key from the LKH root, its SPI and signature key from the SAK
+        and KEK packet), its new LKH path, and the old KEK's Delete; the evicted member's PUSH is refused."""
+        new, data = self.evict(10)
+        for leaf, reg in self.regs.items():
+            if leaf == 10:
+                error = self.assertRaises(push.PushError, self.verify, data, reg)
+                self.assertEqual(error.counter, push.REFUSED)
+                self.assertIn("LKH", error.reason)
+                continue
+            result = self.verify(data, reg)
+            self.assertEqual((result.kek.spi, result.kek.key), (new.spi, new.key))
+            self.assertEqual(result.kek.signature_public_key, reg.kek.signature_public_key)
+            self.assertEqual(result.lkh_path, self.tree.path(leaf))
+            self.assertEqual(result.lkh_path_after(reg.lkh_path), self.tree.path(leaf))
+            self.assertEqual(result.deleted_keks, (self.ks.kek.spi,))
+            self.assertEqual(result.teks, ())
+
+    def test_next_rekey_reaches_only_the_rest(self):
+        """The TEK rekey after the eviction goes under the new KEK: the others accept it; the evicted member cannot
+        even decrypt it (push_unknown_kek under the KEK it holds, garbage under its key)."""
+        new, data = self.evict(9)
+        following = {leaf: self.verify(data, reg) for leaf, reg in self.regs.items() if leaf != 9}
+        self.ks.kek = new
+        tek_rekey = self.ks.rekey(6.0)
+        for leaf, result in following.items():
+            kek = result.kek_after(self.regs[leaf].kek)
+            self.assertEqual(push.verify_push(tek_rekey, kek, result.seq).seq, result.seq + 1)
+        evicted = self.regs[9]
+        error = self.assertRaises(push.PushError, self.verify, tek_rekey, evicted, seq=1)
+        self.assertEqual(error.counter, push.UNKNOWN_KEK)
+        error = self.assertRaises(push.PushError, push.verify_push, tek_rekey, attrs.evolve(evicted.kek, spi=new.spi),
+                                  1)
+        self.assertIn(error.counter, (push.MALFORMED, push.BAD_SIGNATURE))
+
+    def test_two_evictions(self):
+        """Members keep the path each eviction gives them and follow the next one; both evicted members fail."""
+        first, data = self.evict(8, now=5.0)
+        paths = {leaf: self.verify(data, reg).lkh_path for leaf, reg in self.regs.items() if leaf != 8}
+        keks = {leaf: first for leaf in paths}
+        self.ks.kek = first
+        second, data = self.evict(12, now=7.0)
+        for leaf, path in paths.items():
+            reg = self.regs[leaf]
+            if leaf == 12:
+                self.assertRaises(push.PushError, self.verify, data, reg, kek=self.verify_kek(keks[leaf]), seq=1,
+                                  lkh_path=path)
+                continue
+            result = self.verify(data, reg, kek=self.verify_kek(keks[leaf]), seq=1, lkh_path=path)
+            self.assertEqual(result.kek.key, second.key)
+            self.assertEqual(result.lkh_path, self.tree.path(leaf))
+
+    def verify_kek(self, kek: KEKKeys):
+        """The member-side KEKInfo of a KEK the key server made (as a member holds it after a KEK rekey)."""
+        reg = next(iter(self.regs.values()))
+        return attrs.evolve(reg.kek, spi=kek.spi, key=kek.key)
+
+    def test_member_without_lkh_keys(self):
+        """A member registered without LKH keys cannot follow an eviction: push_refused."""
+        _, data = self.evict(11)
+        error = self.assertRaises(push.PushError, self.verify, data, self.regs[8], lkh_path=())
+        self.assertEqual(error.counter, push.REFUSED)
+
+    def test_kek_key_beside_an_lkh_update(self):
+        """A KEK packet that carries its key and an LKH update of the root at once is push_refused."""
+        def both(new, updates):
+            kd = push.eviction_kd(new, updates)
+            kek = KeyPacket(KeyPacketType.KEK, new.spi, (Attribute(KEKKeyAttr.KEK_ALGORITHM_KEY, new.key),
+                                                         *kd.key_packets[0].attributes))
+            return KD((kek, kd.key_packets[1]))
+
+        _, data = self.evict(11, kd=both)
+        self.assertEqual(self.assertRaises(push.PushError, self.verify, data, self.regs[8]).counter, push.REFUSED)
+
+    def test_kek_without_key_or_update(self):
+        """A KEK packet without KEK_ALGORITHM_KEY and no LKH update to bring it is push_refused."""
+        _, data = self.evict(11, kd=lambda new, updates: KD(push.eviction_kd(new, updates).key_packets[:1]))
+        self.assertEqual(self.assertRaises(push.PushError, self.verify, data, self.regs[8]).counter, push.REFUSED)
+
+    def test_download_array_in_a_push(self):
+        """An LKH download array (keys in clear under the KEK) has no place in a PUSH: push_refused."""
+        def download(new, updates):
+            kd = push.eviction_kd(new, updates)
+            return KD((kd.key_packets[0], lkh_wire.download_packet(new.spi, self.tree.path(8))))
+
+        _, data = self.evict(11, kd=download)
+        self.assertEqual(self.assertRaises(push.PushError, self.verify, data, self.regs[8]).counter, push.REFUSED)
+
+    def test_lkh_packet_of_another_spi(self):
+        """An LKH update under an SPI that is not the new KEK's is push_refused."""
+        def elsewhere(new, updates):
+            kd = push.eviction_kd(new, updates)
+            return KD((kd.key_packets[0], attrs.evolve(kd.key_packets[1], spi=bytes(16))))
+
+        _, data = self.evict(11, kd=elsewhere)
+        self.assertEqual(self.assertRaises(push.PushError, self.verify, data, self.regs[8]).counter, push.REFUSED)
+
+    def test_tshark_reads_the_decrypted_eviction(self):
+        """tshark decodes a decrypted eviction PUSH with no malformed or warning items: the KD's KEK and LKH key
+        packets under the new KEK's SPI, and the Delete of the old KEK."""
+        require_tshark()
+        new, data = self.evict(10)
+        header, plaintext = push.open_push(data, self.ks.kek.spi, self.ks.kek.key, 128)
+        clear = attrs.evolve(header, flags=0, ciphertext=None).with_plaintext(plaintext, DOI.GDOI)
+        path = self.mktemp() + ".pcap"
+        write_messages(path, [attrs.evolve(clear, padding=b"").encode(push.CTX)], sport=848, dport=848)
+        self.assertEqual(problems(path), [])
+        (pkt,) = packets(path)
+        self.assertEqual(field_values(pkt, "isakmp.kd.payload.type"), ["2", "3"])
+        self.assertEqual(field_values(pkt, "isakmp.delete.spi"), [self.ks.kek.spi.hex(":")])
+
+    def test_eviction_kd(self):
+        """eviction_kd: a KEK packet with SIG_ALGORITHM_KEY alone, then an LKH packet whose only attribute is the
+        update array, both under the new KEK's SPI; with no update it refuses (nobody would get the KEK)."""
+        new = self.new_kek(5.0)
+        updates, _ = self.tree.evict(8, new.key)
+        kek, lkh = push.eviction_kd(new, updates).key_packets
+        self.assertEqual((kek.kd_type, kek.spi, [a.type for a in kek.attributes]),
+                         (KeyPacketType.KEK, new.spi, [KEKKeyAttr.SIG_ALGORITHM_KEY]))
+        self.assertEqual((lkh.kd_type, lkh.spi, [a.type for a in lkh.attributes]),
+                         (KeyPacketType.LKH, new.spi, [LKHKeyAttr.LKH_UPDATE_ARRAY]))
+        self.assertEqual(lkh_wire.decode_update_array(lkh.attributes[0].value), updates)
+        self.assertRaises(ValueError, push.eviction_kd, new, ())
+
+    def test_kek_rekey_without_teks(self):
+        """A KEK rekey whose SA has the SAK alone (no SAT) is accepted; the LKH path is kept."""
+        new = self.new_kek(4.0)
+        sa = GroupSA(payloads=(kek_payload(new, REKEY, MEMBER, 4.0),))
+        kd = KD((KeyPacket(KeyPacketType.KEK, new.spi, (Attribute(KEKKeyAttr.KEK_ALGORITHM_KEY, new.key),
+                                                       Attribute(KEKKeyAttr.SIG_ALGORITHM_KEY,
+                                                                 new.policy.public_key_der))),))
+        data = push.build_push(self.ks.kek, 1, sa, kd, (push.delete_kek(self.ks.kek.spi),), rng=self.ks.rng)
+        reg = self.regs[8]
+        result = self.verify(data, reg)
+        self.assertEqual((result.kek.key, result.teks, result.lkh_path), (new.key, (), None))
+        self.assertEqual(result.lkh_path_after(reg.lkh_path), reg.lkh_path)
+
+
+class AckRequestedTests(SynchronousTestCase):
+    def test_sak_asks_and_member_reads_it(self):
+        """With rekey.ack the SAK carries KEK_ACK_REQUESTED = 1 (RFC 8263) and the member's KEKInfo says so;
+        without, neither."""
+        ks = KeyServer("p256")
+        for ack in (False, True):
+            rekey = attrs.evolve(REKEY, ack=ack)
+            sak = kek_payload(ks.kek, rekey, MEMBER, 0.0)
+            values = [a.value for a in sak.attributes if a.type == KEKAttr.KEK_ACK_REQUESTED]
+            self.assertEqual(values, [1] if ack else [])
+            offered = read_policy(GroupSA(payloads=(sak, *sa_payload(ks.group, ks.generation, None, MEMBER,
+                                                                     0.0).payloads)), MemberPolicy())
+            kd = kd_payload(ks.generation, ks.kek, (), 16)
+            reg = read_keys(offered, kd, 0, group=GID, server=SERVER, now=0.0, asked_sender_ids=0, pfs=False)
+            self.assertEqual(reg.kek.ack_requested, ack)

@@ -13,6 +13,7 @@ from tests import corpus
 
 MM, AM, INFO = ExchangeType.MAIN_MODE, ExchangeType.AGGRESSIVE, ExchangeType.INFORMATIONAL
 QM, PULL, PUSH = ExchangeType.QUICK_MODE, ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH
+ACK = ExchangeType.GROUPKEY_PUSH_ACK
 PSK, SIG = Variant.PSK, Variant.SIGNATURE
 IPSEC, GDOI = DOI.IPSEC, DOI.GDOI
 
@@ -49,6 +50,7 @@ ACCEPTED = {
     (PULL, GDOI, 4, None): [[P.HASH, P.KD], [P.HASH, P.KE, P.SEQ, P.KD, P.CERT, P.SIG], [P.HASH, P.SEQ, P.KD, P.POP]],
     (PUSH, GDOI, 1, None): [[P.SEQ, P.SA, P.KD, P.SIG], [P.SEQ, P.D, P.SA, P.KD, P.CERT, P.SIG],
                             [P.SEQ, P.D, P.D, P.SA, P.KD, P.SIG]],
+    (ACK, GDOI, 1, None): [[P.HASH, P.SEQ, P.ID]],
 }
 
 MALFORMED, BAD_TYPE = NotifyType.PAYLOAD_MALFORMED, NotifyType.INVALID_PAYLOAD_TYPE
@@ -64,6 +66,7 @@ REJECTED = [
     ((PULL, GDOI, 1, None), [P.NONCE, P.HASH, P.ID], MALFORMED),
     ((PUSH, GDOI, 1, None), [P.SEQ, P.SA, P.SIG, P.KD], MALFORMED),  # SIG last
     ((PUSH, GDOI, 1, None), [P.SA, P.SEQ, P.KD, P.SIG], MALFORMED),  # SEQ first
+    ((ACK, GDOI, 1, None), [P.SEQ, P.HASH, P.ID], MALFORMED),  # HASH, SEQ, ID in that order
     # Missing.
     ((MM, IPSEC, 1, None), [P.VID], MALFORMED),
     ((MM, IPSEC, 1, None), [], MALFORMED),

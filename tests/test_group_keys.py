@@ -4,7 +4,7 @@ import ipaddress
 
 from twisted.trial import unittest
 
-from gdoiserver.group.keys import MIN_ESP_SPI, GroupKeys, GroupTable, SPIAllocator, remaining
+from gdoiserver.group.keys import MIN_ESP_SPI, Generation, GroupKeys, GroupTable, SPIAllocator, remaining
 from gdoiserver.group.policy import (
     GroupId,
     GroupPolicy,
@@ -89,6 +89,92 @@ class GroupKeysTests(unittest.TestCase):
         """Lifetimes go out as whole seconds left, never 0."""
         self.assertEqual(remaining(100.0, 40.5), 59)
         self.assertEqual(remaining(100.0, 100.0), 1)
+
+
+class RekeyStepsTests(unittest.TestCase):
+    """The two-step changes the rekey service makes (make, store, then hand out), and restoring from a store."""
+
+    def test_make_then_install(self):
+        """make_generation draws fresh SPIs and keys but hands nothing out until install; the number rises."""
+        keys = GroupKeys(policy(), seeded_rng(10))
+        one = keys.current(0.0)
+        two = keys.make_generation(5.0)
+        self.assertEqual(two.number, 2)
+        self.assertIs(keys.current(6.0), one)
+        self.assertTrue(all(t.spi in keys.spis for t in two.teks))
+        keys.install(two)
+        self.assertIs(keys.current(6.0), two)
+        self.assertIs(keys.newest, two)
+
+    def test_make_kek_then_install(self):
+        """make_kek makes a KEK that is not used until install_kek, which returns the old one, frees its SPI and
+        carries the SEQ on (one counter per group, RFC 3547 section 4)."""
+        keys = GroupKeys(policy(), seeded_rng(11))
+        old = keys.kek(0.0)
+        old.seq = 41
+        new = keys.make_kek(10.0)
+        self.assertIs(keys.kek(11.0), old)
+        self.assertEqual(new.expires_at, 3010.0)
+        self.assertIs(keys.install_kek(new), old)
+        self.assertIs(keys.current_kek, new)
+        self.assertEqual(new.seq, 41)
+        self.assertNotIn(old.spi, keys.spis)
+        self.assertRaises(ValueError, GroupKeys(GroupPolicy("g", (CBC,), number=3), seeded_rng(7)).make_kek, 0.0)
+
+    def test_one_sender_id_allocator(self):
+        """Sender IDs belong to the group: every generation shares one allocator, so a SID given under one
+        generation is never given again under the next (RFC 6054)."""
+        keys = GroupKeys(policy(), seeded_rng(12))
+        one = keys.current(0.0)
+        first = one.sender_ids.allocate("a", 2)
+        two = keys.new_generation(1.0)
+        self.assertIs(two.sender_ids, one.sender_ids)
+        self.assertEqual(two.sender_ids.allocate("b", 1), (first[-1] + 1,))
+
+    def test_on_made(self):
+        """current and kek tell on_made of a key they had to make on the spot (with the expired KEK it
+        replaces); keys the scheduler makes are not reported."""
+        keys = GroupKeys(policy(), seeded_rng(13))
+        made = []
+        keys.on_made = lambda key, replaced: made.append((key, replaced))
+        generation, kek = keys.current(0.0), keys.kek(0.0)
+        self.assertEqual(made, [(generation, None), (kek, None)])
+        keys.install(keys.make_generation(1.0))
+        keys.install_kek(keys.make_kek(1.0))
+        self.assertEqual(len(made), 2)
+        newer = keys.current_kek
+        again = keys.kek(3001.0)
+        self.assertEqual(made[-1], (again, newer))
+
+    def test_drop(self):
+        """drop forgets a generation and frees its SPIs; an unknown number is None."""
+        keys = GroupKeys(policy(), seeded_rng(14))
+        one = keys.current(0.0)
+        keys.new_generation(1.0)
+        self.assertIs(keys.drop(1), one)
+        self.assertTrue(all(t.spi not in keys.spis for t in one.teks))
+        self.assertIsNone(keys.drop(1))
+
+    def test_restore(self):
+        """restore takes up stored generations and the KEK: their SPIs are in use, numbering goes on above them,
+        the generations share the group's SID allocator, and nothing is made."""
+        source = GroupKeys(policy(), seeded_rng(15))
+        gens = [source.current(0.0), source.new_generation(10.0)]
+        kek = source.kek(0.0)
+        keys = GroupKeys(policy(), seeded_rng(16))
+        rebuilt = [Generation(g.number, g.created_at, tuple(keys.tek_from_record(t.policy.name, t.spi,
+                   t.encryption_key, t.integrity_key, t.expires_at) for t in g.teks), None, g.created_at)
+                   for g in reversed(gens)]
+        keys.restore(rebuilt, kek)
+        self.assertEqual([g.number for g in keys.generations], [1, 2])
+        self.assertTrue(all(t.spi in keys.spis for g in rebuilt for t in g.teks))
+        self.assertIn(kek.spi, keys.spis)
+        self.assertIs(keys.current_kek, kek)
+        self.assertIs(keys.current(20.0), rebuilt[0])
+        self.assertIs(rebuilt[1].sender_ids, keys.sender_ids)
+        self.assertEqual(keys.make_generation(30.0).number, 3)
+        self.assertEqual(keys.keks_made, 0)
+        self.assertRaises(KeyError, keys.tek_from_record, "gone", b"\1\2\3\4", b"", b"", 1.0)
 
 
 class SPITests(unittest.TestCase):

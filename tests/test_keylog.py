@@ -8,13 +8,16 @@ from twisted.trial import unittest
 
 from gdoiserver.codec.message import decode_message
 from gdoiserver.config import parse_config
-from gdoiserver.keylog import KeyLog, KeyLogError, line
+from gdoiserver.keylog import KeyLog, KeyLogError, kek_line, line
+from gdoiserver.tools.decrypt import KEKKey, parse_keys
 from gdoiserver.service import GDOIService
 from tests.fake_machines import ENC_KEY, CountingRandom, FakeFactory, FakeUDPReactor, make_sa, message
 
 ICKY = bytes.fromhex("b31118ffcc7e1d0b")
 KEY = bytes.fromhex("97db4d677d8088529e3be73f6908317d")
 PEER = ("192.0.2.1", 500)
+KEK_SPI = bytes.fromhex("00112233445566778899aabbccddeeff")
+KEK_KEY = bytes(range(0x10, 0x30))  # AES-256
 
 
 def mode_of(path: str) -> int:
@@ -90,6 +93,59 @@ class KeyLogTests(unittest.TestCase):
         """check() creates a missing file with mode 0600 and writes nothing."""
         KeyLog(self.path).check()
         self.assertEqual((mode_of(self.path), os.path.getsize(self.path)), (0o600, 0))
+
+
+class KEKLineTests(unittest.TestCase):
+    """The KEK lines: "KEK <KEK SPI hex> <key hex> <key bits>", beside the SA lines, read by pcapdump --keylog."""
+
+    def setUp(self):
+        self.path = os.path.abspath(self.mktemp())
+
+    def test_kek_line_format(self):
+        """A KEK line is the word KEK, the 16-octet SPI, the key and its size in bits, separated by one space."""
+        self.assertEqual(kek_line(KEK_SPI, KEK_KEY, 256),
+                         "KEK 00112233445566778899aabbccddeeff "
+                         "101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f 256\n")
+
+    def test_write_kek_after_sa_lines(self):
+        """write_kek appends to the same file of mode 0600 as the SA lines; the file reads back through pcapdump's
+        keylog reader: the SA line as before, the KEK line as a KEK."""
+        log = KeyLog(self.path)
+        log.write(ICKY, KEY)
+        log.write_kek(KEK_SPI, KEK_KEY, 256)
+        log.write_kek(b"\x01" * 16, KEY, 128)
+        self.assertEqual(mode_of(self.path), 0o600)
+        with open(self.path) as f:
+            text = f.read()
+        self.assertEqual(text, line(ICKY, KEY) + kek_line(KEK_SPI, KEK_KEY, 256) + kek_line(b"\x01" * 16, KEY, 128))
+        keys = parse_keys(text.splitlines(), self.path)
+        self.assertEqual(keys.phase1, {ICKY: KEY})
+        self.assertEqual(keys.keks, {KEK_SPI: KEKKey(KEK_SPI, KEK_KEY, 256),
+                                     b"\x01" * 16: KEKKey(b"\x01" * 16, KEY, 128)})
+
+    def test_sa_lines_unchanged(self):
+        """The SA line keeps tshark's ikev1_decryption_table form, and a KEK line cannot be read as one (it has no
+        comma)."""
+        self.assertEqual(line(ICKY, KEY), f"{ICKY.hex()},{KEY.hex()}\n")
+        self.assertNotIn(",", kek_line(KEK_SPI, KEK_KEY, 256))
+
+    def test_kek_line_refused(self):
+        """An SPI of other than 16 octets, or a key that is not key_bits long, is refused with no key in the
+        message, and nothing is written."""
+        log = KeyLog(self.path)
+        for args in ((KEK_SPI[:8], KEK_KEY, 256), (KEK_SPI, KEK_KEY, 128), (KEK_SPI, b"", 0)):
+            e = self.assertRaises(ValueError, log.write_kek, *args)
+            self.assertNotIn(KEK_KEY.hex(), str(e))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_write_kek_loose_mode_refused(self):
+        """write_kek refuses a file that others may read, as write does."""
+        with open(self.path, "w"):
+            pass
+        os.chmod(self.path, 0o640)
+        e = self.assertRaises(KeyLogError, KeyLog(self.path).write_kek, KEK_SPI, KEK_KEY, 256)
+        self.assertNotIn(KEK_KEY.hex(), str(e))
+        self.assertEqual(os.path.getsize(self.path), 0)
 
 
 class ServiceKeylogTests(unittest.TestCase):

@@ -107,6 +107,8 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual([ks.address for ks in config.key_servers], ["192.0.2.1", "192.0.2.2"])
         self.assertEqual([str(g) for g in config.groups], ["'video' (group 1234)"])
         self.assertEqual((config.member.mode, config.member.phase1_doi, config.sink.xfrm), ("main", 2, False))
+        self.assertEqual((config.rekey.multicast, config.rekey.interface, config.rekey.unknown_kek_limit),
+                         (True, None, 3))
 
     def test_groups_example_of_the_daemon(self):
         """The commented [[groups]] example at the end of etc/gdoiserver.toml parses once uncommented."""
@@ -160,6 +162,18 @@ class ConfigTests(unittest.TestCase):
         }
         for key, text in cases.items():
             self.assertEqual(self.error(tomllib.loads(text + servers)).key, key, text)
+
+    def test_rekey_section(self):
+        """[rekey]: multicast on, the interface of our address, three unknown KEKs by default; each can be set, and
+        an empty interface or a limit of 0 is refused."""
+        rekey = parse_member_config(minimal(self.files.psk)).config.rekey
+        self.assertEqual((rekey.multicast, rekey.interface, rekey.unknown_kek_limit), (True, None, 3))
+        rekey = parse_member_config(minimal(self.files.psk, '[rekey]\nmulticast = false\ninterface = "eth0"\n'
+                                                            "unknown_kek_limit = 5\n")).config.rekey
+        self.assertEqual((rekey.multicast, rekey.interface, rekey.unknown_kek_limit), (False, "eth0", 5))
+        self.assertEqual(self.error(minimal(self.files.psk, '[rekey]\ninterface = ""\n')).key, "rekey.interface")
+        self.assertEqual(self.error(minimal(self.files.psk, "[rekey]\nunknown_kek_limit = 0\n")).key,
+                         "rekey.unknown_kek_limit")
 
     def test_schema_errors(self):
         """Each error names its key: a group with neither number nor oid, a key server twice, an unknown key, a
@@ -252,10 +266,22 @@ class ScheduleTests(unittest.TestCase):
         self.assertEqual(schedule.reregister_delay(reg, 150.0, 0.0, margin=0.9, jitter=0.05, renewed=True), 490.0)
 
     def test_not_renewed(self):
-        """The same TEKs again: the next attempt waits for their end, plus at most 10 s of jitter."""
+        """The same TEKs again: the next attempt waits for their end (and the second their whole-second lifetime
+        may have lost), plus at most 10 s of jitter."""
         reg = registration(at=100.0)
-        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.0, margin=0.9, jitter=0.05, renewed=False), 600.0)
-        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.5, margin=0.9, jitter=0.05, renewed=False), 605.0)
+        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.0, margin=0.9, jitter=0.05, renewed=False), 601.0)
+        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.5, margin=0.9, jitter=0.05, renewed=False), 606.0)
+
+    def test_renewed_with_rekeys(self):
+        """Fresh TEKs of a group with a KEK: again only after the key server's rekey was due, at 95 % of their
+        lifetime (1 - (1 - margin) / 2) less up to half the jitter of it."""
+        reg = registration(at=100.0)  # TEK lifetime 600
+        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.0, margin=0.9, jitter=0.05, renewed=True,
+                                                   rekeys=True), 570.0)
+        self.assertEqual(schedule.reregister_delay(reg, 100.0, 1.0, margin=0.9, jitter=0.05, renewed=True,
+                                                   rekeys=True), 555.0)
+        self.assertEqual(schedule.reregister_delay(reg, 100.0, 0.0, margin=0.9, jitter=0.05, renewed=False,
+                                                   rekeys=True), 601.0)
 
     def test_bounds(self):
         """Never sooner than a second; the retry after failures is the base plus up to the jitter of it; uniform
@@ -283,20 +309,21 @@ class ServiceTests(unittest.TestCase):
         return start_member(self, text, self.wire, seeded_rng(2), automatic=automatic)
 
     def test_keeps_registered(self):
-        """Started, the member registers at once; before the TEKs expire it registers again (at 90 % of their
-        lifetime less up to 5 %); the same TEKs come back, so it waits for their end, when the TEK leaves the sink
-        and the next registration brings the key server's new TEKs to it."""
+        """Started, the member registers at once; before the TEKs expire it registers again (the group has a KEK,
+        so after the rekey the key server was due to push: at 95 % of their lifetime less up to 2.5 %); the same
+        TEKs come back, so it waits for their end, when the TEK leaves the sink and the next registration brings
+        the key server's new TEKs to it.  No rekey came, so each of these counts as losing track."""
         member = self.member()
         registered = []
         member.on_registered.append(lambda entry, reg: registered.append(reg))
         self.wire.run()
         [first] = registered
         state = member.groups[GROUP]
-        self.assertTrue(510 <= state.timer.getTime() <= 540, state.timer.getTime())
+        self.assertTrue(555 <= state.timer.getTime() <= 570, state.timer.getTime())
         self.wire.wait(state.timer.getTime() - self.wire.seconds())
         self.assertEqual(len(registered), 2)
         self.assertEqual([t.spi for t in registered[1].teks], [t.spi for t in first.teks])
-        self.assertTrue(600 <= state.timer.getTime() <= 610, state.timer.getTime())
+        self.assertTrue(599 <= state.timer.getTime() <= 610, state.timer.getTime())  # lifetimes are whole seconds
         self.wire.wait(state.timer.getTime() - self.wire.seconds() + 1)
         self.assertEqual(len(registered), 3)
         self.assertNotEqual(registered[2].teks[0].spi, first.teks[0].spi)
@@ -306,6 +333,7 @@ class ServiceTests(unittest.TestCase):
                                   ("installed", [spi_2])])
         self.assertEqual(ks_plugin(self.ks).key_server.groups.lookup(GROUP).keys.generations_made, 2)
         self.assertEqual((member.counters["member_reregister"], member.counters["member_tek_expired"]), (2, 1))
+        self.assertEqual(member.counters["reregister_lost"], 2)
 
     def test_retries_when_every_key_server_fails(self):
         """When no key server registers it (here: the group is unknown), the member tries again after

@@ -1,8 +1,10 @@
-"""pcapdump --keylog and gdoiserver.tools.decrypt: IKEv1 traffic decrypted with a keylog of Phase 1 keys.
+"""pcapdump --keylog and gdoiserver.tools.decrypt: IKEv1 traffic decrypted with a keylog of Phase 1 keys, and
+GDOI GROUPKEY-PUSH messages opened with its KEK lines.
 
 The real traffic is the checked-in strongSwan capture (Main Mode PSK then Quick Mode with PFS, Aggressive Mode PSK
 then Quick Mode) with the keys charon logged; synthetic exchanges cover 3DES, interleaved Phase 2 M-IDs and the
-ways a message can fail to decrypt.
+ways a message can fail to decrypt; PUSH messages built by push.build_push cover the KEK lines, and tshark's
+reading of them (tshark-push-iv in docs/wire-format.md).
 """
 
 import contextlib
@@ -40,11 +42,27 @@ from gdoiserver.codec.constants import (
     PayloadType,
     ProtocolID,
 )
+from gdoiserver.codec.cipher import phase1_iv
+from gdoiserver.codec.gdoi import group_id
 from gdoiserver.codec.payloads import KE, Notification
+from gdoiserver.doi.gdoi import push
+from gdoiserver.doi.gdoi.ack import build_ack
+from gdoiserver.group.keys import KEKKeys
+from gdoiserver.keylog import KeyLog
 from gdoiserver.tools import pcapdump
-from gdoiserver.tools.decrypt import Decryption, Decryptor, KeylogError, parse_keylog, read_keylog
-from gdoiserver.tools.pcap import read_udp, write_pcap
+from gdoiserver.tools.decrypt import (
+    Decryption,
+    Decryptor,
+    KEKKey,
+    KeylogError,
+    kek_decryptors,
+    parse_keylog,
+    parse_keys,
+    read_keylog,
+)
+from gdoiserver.tools.pcap import Datagram, read_udp, write_pcap
 from tests import tshark
+from tests.test_gdoi_push import GID, KeyServer
 
 CAPTURES = Path(__file__).resolve().parent / "data" / "captures"
 CAPTURE = str(CAPTURES / "strongswan-mm-am.pcap")
@@ -433,3 +451,250 @@ class DecryptorTests(unittest.TestCase):
         result = decryptor.decrypt(message, doi)
         self.assertIsInstance(result, Decryption)
         self.assertNotEqual(result.message is None, result.error is None)
+
+
+#: The key server and member addresses of the synthetic GROUPKEY-PUSH captures.
+KS, GM, GROUP_ADDRESS = "192.0.2.1", "192.0.2.10", "239.192.0.1"
+
+
+class PushCapture:
+    """A capture of GDOI rekeys: a TEK rekey, a KEK rekey (new KEK, old KEK deleted) under the first KEK, a TEK
+    rekey under the new KEK, each sent to the group address on UDP 848, and a member's ACK of the first; and a
+    keylog of both KEKs written by KeyLog.write_kek."""
+
+    def __init__(self, test: unittest.TestCase):
+        self.ks = KeyServer("p256")
+        self.old = self.ks.kek
+        self.first = self.ks.rekey(10.0)
+        self.first_teks = self.ks.generation.teks
+        self.new = KEKKeys(self.old.policy, bytes(range(1, 17)), b"\x42" * 16, 20.0, 3020.0, 0)
+        self.kek_rekey = self.ks.rekey(20.0, new_kek=self.new, deletes=(push.delete_kek(self.old.spi),))
+        self.new.seq = self.ks.kek.seq
+        self.ks.kek = self.new
+        self.under_new = self.ks.rekey(30.0)
+        self.ack = build_ack(self.old.spi, 1, group_id(GID.number), bytes(range(32)))
+        self.pcap = test.mktemp()
+        write_pcap(self.pcap, [
+            Datagram(KS, GROUP_ADDRESS, 848, 848, self.first, 10.0),
+            Datagram(GM, KS, 848, 848, self.ack, 10.5),
+            Datagram(KS, GROUP_ADDRESS, 848, 848, self.kek_rekey, 20.0),
+            Datagram(KS, GROUP_ADDRESS, 848, 848, self.under_new, 30.0),
+        ])
+        self.keylog = test.mktemp()
+        log = KeyLog(self.keylog)
+        for kek in (self.old, self.new):
+            log.write_kek(kek.spi, kek.key, kek.policy.key_bits)
+
+
+class PushKeylogTests(unittest.TestCase):
+    """pcapdump --keylog opens GROUPKEY-PUSH messages with the keylog's KEK lines (push.open_push)."""
+
+    def test_push_messages_decrypt(self):
+        """With both KEK lines every PUSH decrypts under its own KEK and re-encrypts to the captured octets (exit
+        0): SEQ 1, 2, 3; the payload chains of a TEK rekey and of a KEK rekey with its Delete; the first PUSH's
+        new TEK SPI and keys as the key server made them; the ACK in the clear with HASH, SEQ and ID."""
+        capture = PushCapture(self)
+        status, lines, err = run_main("--keylog", capture.keylog, capture.pcap)
+        self.assertEqual((status, err), (0, ""))
+        first, ack, kek_rekey, under_new = lines
+        for line in (first, kek_rekey, under_new):
+            self.assertTrue(line["decrypted"], line)
+            self.assertEqual((line["exchange"], line["doi"]), ("GROUPKEY_PUSH", 2))
+            self.assertNotIn("error", line)
+        self.assertEqual(first["chain"], ["SEQ", "SA", "KD", "SIG"])
+        self.assertEqual(kek_rekey["chain"], ["SEQ", "D", "SA", "KD", "SIG"])
+        self.assertEqual(under_new["chain"], ["SEQ", "SA", "KD", "SIG"])
+        self.assertEqual([line["payloads"][0]["sequence_number"] for line in (first, kek_rekey, under_new)],
+                         [1, 2, 3])
+        self.assertEqual(first["initiator_cookie"] + first["responder_cookie"], capture.old.spi.hex())
+        self.assertEqual(under_new["initiator_cookie"] + under_new["responder_cookie"], capture.new.spi.hex())
+        self.assertEqual(kek_rekey["payloads"][1]["spis"], [capture.old.spi.hex()])
+        (tek,) = capture.first_teks
+        (sat,) = first["payloads"][1]["payloads"]
+        self.assertEqual(sat["tek"]["spi"], tek.spi.hex())
+        (packet,) = first["payloads"][2]["key_packets"]
+        self.assertEqual([a["value"] for a in packet["attributes"]],
+                         [tek.encryption_key.hex(), tek.integrity_key.hex()])
+        self.assertEqual(ack["exchange"], "GROUPKEY_PUSH_ACK")
+        self.assertEqual(ack["chain"], ["HASH", "SEQ", "ID"])
+        self.assertNotIn("decrypted", ack)
+
+    def test_copies_marked(self):
+        """The same PUSH again (a retransmission, or the unicast copy of a multicast PUSH) decrypts alike and is
+        marked "retransmission"; the first copy is not."""
+        capture = PushCapture(self)
+        path = self.mktemp()
+        write_pcap(path, [Datagram(KS, GROUP_ADDRESS, 848, 848, capture.first, 10.0),
+                          Datagram(KS, GM, 848, 848, capture.first, 10.1),
+                          Datagram(KS, GROUP_ADDRESS, 848, 848, capture.kek_rekey, 20.0)])
+        status, lines, _ = run_main("--keylog", capture.keylog, path)
+        self.assertEqual(status, 0)
+        self.assertEqual([line.get("retransmission", False) for line in lines], [False, True, False])
+        self.assertEqual(lines[1]["payloads"], lines[0]["payloads"])
+
+    def test_missing_kek(self):
+        """With only the first KEK's line, the PUSH under the new KEK reports the missing KEK; the others still
+        decrypt; exit 1.  Without --keylog nothing is decrypted and every line is the header alone (exit 0)."""
+        capture = PushCapture(self)
+        path = self.mktemp()
+        KeyLog(path).write_kek(capture.old.spi, capture.old.key, 128)
+        status, lines, _ = run_main("--keylog", path, capture.pcap)
+        self.assertEqual(status, 1)
+        self.assertEqual([line.get("decrypted", False) for line in lines], [True, False, True, False])
+        self.assertEqual(lines[3]["decrypt_error"],
+                         f"no KEK key for KEK SPI {capture.new.spi.hex()} (GROUPKEY-PUSH)")
+        status, lines, _ = run_main(capture.pcap)
+        self.assertEqual(status, 0)
+        self.assertEqual([line.get("payloads") is None for line in lines], [True, False, True, True])
+
+    def test_wrong_key(self):
+        """A KEK line with the right SPI and a wrong key gives decrypt_error naming the cipher, not a crash or a
+        garbled message; exit 1."""
+        capture = PushCapture(self)
+        path = self.mktemp()
+        KeyLog(path).write_kek(capture.old.spi, bytes(16), 128)
+        status, lines, _ = run_main("--keylog", path, capture.pcap)
+        self.assertEqual(status, 1)
+        self.assertIn("does not decrypt under the KEK (AES-CBC-128)", lines[0]["decrypt_error"])
+        self.assertNotIn("payloads", lines[0])
+
+    def test_cut_short(self):
+        """A PUSH whose body is not whole cipher blocks (one octet cut off, the Length fixed) is reported with the
+        reason, never raised."""
+        capture = PushCapture(self)
+        keys = parse_keys([f"KEK {capture.old.spi.hex()} {capture.old.key.hex()} 128"])
+        decryptor = Decryptor(keys.phase1, kek_decryptors(keys.keks))
+        cut = decode_message(capture.first[:-1][:24] + (len(capture.first) - 1).to_bytes(4, "big")
+                             + capture.first[28:-1], DOI.GDOI)
+        result = decryptor.decrypt(cut, DOI.GDOI)
+        self.assertIn("not a whole number of 16-octet blocks", result.error)
+
+    def test_reencryption_is_checked(self):
+        """A decrypted PUSH that does not re-encrypt to its octets is an error: here the padding is dropped, so
+        the body is no longer whole blocks."""
+        capture = PushCapture(self)
+        keys = parse_keys(Path(capture.keylog).read_text().splitlines())
+        decryptor = Decryptor(keys.phase1, kek_decryptors(keys.keks))
+
+        def lossy(d, message, doi):
+            result = decryptor(d, message, doi)
+            if result is None or result.error:
+                return result
+            return attrs.evolve(result, message=attrs.evolve(result.message, padding=b""))
+
+        out = io.StringIO()
+        self.assertEqual(pcapdump.dump(capture.pcap, out, decryptor=lossy), 1)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        self.assertEqual([("error" in line) for line in lines], [True, False, True, True])
+        self.assertIn("does not re-encrypt", lines[0]["error"]["reason"])
+
+    def test_mixed_keylog(self):
+        """A keylog with the strongSwan SA lines and a KEK line still decrypts the whole strongSwan capture."""
+        capture = PushCapture(self)
+        path = self.mktemp()
+        Path(path).write_text(Path(KEYS).read_text() + Path(capture.keylog).read_text())
+        status, lines, _ = run_main("--keylog", path, CAPTURE)
+        self.assertEqual(status, 0)
+        self.assertEqual({line["frame"] for line in lines if line.get("decrypted")}, set(DECRYPTED))
+
+    def test_bad_kek_lines(self):
+        """A bad KEK line exits 2 before the capture is read, naming the file, the line and what is wrong."""
+        spi, key = "00112233445566778899aabbccddeeff", "11" * 16
+        cases = [
+            (f"KEK {spi} {key}", "not 3 words"),
+            (f"KEK {spi} {key} 128 extra", "not 5 words"),
+            (f"KEK {spi[:-2]} {key} 128", "not 15"),
+            (f"KEK {spi} {key}x 128", "hex digits"),
+            (f"KEK {spi} {key} 64", "key bits '64'"),
+            (f"KEK {spi} {key} bits", "key bits 'bits'"),
+            (f"KEK {spi} {key} 256", "16-octet KEK key is not 256 bits"),
+            (f"KEK {spi} {'22' * 16} 128", "appears again with another key"),
+        ]
+        for bad, words in cases:
+            path = self.mktemp()
+            Path(path).write_text(f"# keys\nKEK {spi} {key} 128\n\n{bad}\n")
+            status, lines, err = run_main("--keylog", path, CAPTURE)
+            self.assertEqual((status, lines), (2, []), bad)
+            self.assertTrue(err.startswith(f"pcapdump: {path}:4: "), err)
+            self.assertIn(words, err)
+
+    @settings(max_examples=300, deadline=None)
+    @given(ciphertext=st.binary(min_size=1, max_size=96), key_bits=st.sampled_from([128, 192, 256]),
+           next_payload=st.integers(0, 255), message_id=st.integers(0, 1))
+    def test_never_raises(self, ciphertext, key_bits, next_payload, message_id):
+        """Any encrypted exchange-33 message under a KEK of the keylog (any body, first payload, key size, M-ID)
+        gets a Decryption with either a decrypted message or a reason; nothing is raised."""
+        kek = KEKKey(IC + RC, bytes(range(key_bits // 8)), key_bits)
+        decryptor = Decryptor({}, kek_decryptors({kek.spi: kek}))
+        message = Message(IC, RC, ExchangeType.GROUPKEY_PUSH, Flags.ENCRYPTION, message_id, ciphertext=ciphertext,
+                          next_payload=next_payload)
+        result = decryptor.decrypt(message, DOI.GDOI)
+        self.assertIsInstance(result, Decryption)
+        self.assertNotEqual(result.message is None, result.error is None)
+
+    def test_parse_keys(self):
+        """parse_keys reads SA and KEK lines apart; parse_keylog keeps its old result, the SA keys alone; the same
+        KEK line twice is no conflict."""
+        lines = ["0102030405060708," + "00" * 16, "KEK " + "ab" * 16 + " " + "cd" * 24 + " 192",
+                 "  KEK " + "ab" * 16 + " " + "cd" * 24 + " 192  "]
+        keys = parse_keys(lines)
+        self.assertEqual(keys.phase1, {bytes.fromhex("0102030405060708"): bytes(16)})
+        self.assertEqual(keys.keks, {b"\xab" * 16: KEKKey(b"\xab" * 16, b"\xcd" * 24, 192)})
+        self.assertEqual(parse_keylog(lines), keys.phase1)
+        self.assertNotIn("cd" * 24, repr(keys.keks))
+
+
+class TsharkPushTests(unittest.TestCase):
+    """What tshark 4.0.17 makes of our GROUPKEY-PUSH (docs/wire-format.md, tshark-push-iv)."""
+
+    def test_header_only(self):
+        """tshark dissects the PUSH header as we build it (cookies = the KEK SPI, Next Payload SEQ, exchange 33, the
+        Encryption flag, M-ID 0, Length) and shows the body as encrypted data of Length - 28 octets, without
+        decrypting it even with the KEK's cookie and key in its ikev1_decryption_table (no Phase 1 was seen under
+        those cookies); nothing is malformed."""
+        capture = PushCapture(self)
+        old = capture.old
+        table = ["-o", f"uat:ikev1_decryption_table:{old.spi[:8].hex()},{old.key.hex()}"]
+        self.assertEqual(tshark.problems(capture.pcap, *table), [])
+        first = tshark.packets(capture.pcap, *table)[0]["_source"]["layers"]["isakmp"]
+        colons = lambda b: ":".join(f"{x:02x}" for x in b)  # noqa: E731
+        header = {k: first[k] for k in ("isakmp.ispi", "isakmp.rspi", "isakmp.nextpayload", "isakmp.exchangetype",
+                                        "isakmp.flags", "isakmp.messageid", "isakmp.length")}
+        self.assertEqual(header, {"isakmp.ispi": colons(old.spi[:8]), "isakmp.rspi": colons(old.spi[8:]),
+                                  "isakmp.nextpayload": "18", "isakmp.exchangetype": "33", "isakmp.flags": "0x01",
+                                  "isakmp.messageid": "0x00000000", "isakmp.length": str(len(capture.first))})
+        self.assertEqual(first["isakmp.enc.data"], "")  # a leaf: no decrypted subtree
+        self.assertNotIn("isakmp.typepayload", first)
+        text = tshark._run(capture.pcap, "-V", *table)
+        self.assertIn(f"Encrypted Data ({len(capture.first) - 28} bytes)", text)
+
+    def test_push_iv(self):
+        """tshark-push-iv: when tshark has seen a Phase 1 under the KEK's cookies (a Main Mode in clear, AES-128 and
+        SHA2-256, forged for the test) it decrypts the PUSH body from the Phase 1 IV hash(g^xi | g^xr), as RFC 2409
+        appendix B chains an ISAKMP SA.  Our PUSH carries its own IV as the first block, so the first block it
+        decrypts is garbage: the "SEQ" header it reads is exactly the first four octets of that garbage (computed
+        here), and the packet is malformed.  No ikev1_decryption_table entry can fix this."""
+        capture = PushCapture(self)
+        old = capture.old
+        ic, rc = old.spi[:8], old.spi[8:]
+        chosen = oakley(OakleyEncryption.AES_CBC, 128, OakleyHash.SHA2_256)
+        phase1 = [attrs.evolve(m, initiator_cookie=ic, responder_cookie=rc if any(m.responder_cookie) else bytes(8))
+                  for m in main_mode_in_clear(chosen)]
+        datagrams = [Datagram(*((GM, KS) if i % 2 == 0 else (KS, GM)), 500, 500, m.encode(), float(i))
+                     for i, m in enumerate(phase1)]
+        datagrams.append(Datagram(GM, KS, 500, 500, capture.first, 4.0))  # as an initiator's Phase 1 message
+        path = self.mktemp()
+        write_pcap(path, datagrams)
+        table = ["-o", f"uat:ikev1_decryption_table:{ic.hex()},{old.key.hex()}"]
+        rows = tshark.packets(path, *table)
+        layers = rows[4]["_source"]["layers"]
+        isakmp = layers["isakmp"]
+        tshark_iv = phase1_iv(OakleyHash.SHA2_256, GXI, GXR, 16)
+        garbage = push.kek_cipher(128).decrypt(old.key, tshark_iv, capture.first[28:44])
+        seq_header = isakmp["isakmp.enc.data"]["isakmp.typepayload_tree"]
+        self.assertEqual(int(seq_header["isakmp.nextpayload"]), garbage[0])
+        self.assertEqual(int(seq_header["isakmp.payloadlength"]), int.from_bytes(garbage[2:4], "big"))
+        self.assertIn("_ws.malformed", layers)
+        header, plaintext = push.open_push(capture.first, old.spi, old.key, 128)
+        self.assertNotEqual(garbage[:4], plaintext[:4])  # our own reading of the same octets is a SEQ payload
+        self.assertEqual(plaintext[:4], bytes([PayloadType.SA, 0, 0, 8]))

@@ -11,8 +11,8 @@ payload missing, repeated or out of place, and INVALID-FLAGS for the Encryption 
 (5.2).  :data:`RULES` is keyed by (exchange type, DOI or None for any, message number, variant or None).
 
 Not covered: Base and Authentication Only exchanges, Phase 1 with public key encryption (RFC 2409 sections 5.2 and
-5.3), New Group Mode, and the RFC 8263 GROUPKEY-PUSH ACK (HDR, HASH, SEQ, ID), whose exchange type we could not
-establish.
+5.3), and New Group Mode.  The RFC 8263 GROUPKEY-PUSH ACK (HDR, HASH, SEQ, ID) is exchange 35, a number not
+confirmed against the IANA registry (docs/wire-format.md).
 """
 
 import enum
@@ -128,7 +128,7 @@ def auth_variant(method: int) -> Variant:
 
 
 MM, AM, INFO, QM = ExchangeType.MAIN_MODE, ExchangeType.AGGRESSIVE, ExchangeType.INFORMATIONAL, ExchangeType.QUICK_MODE
-PULL, PUSH = ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH
+PULL, PUSH, ACK = ExchangeType.GROUPKEY_PULL, ExchangeType.GROUPKEY_PUSH, ExchangeType.GROUPKEY_PUSH_ACK
 PSK, SIGN = Variant.PSK, Variant.SIGNATURE
 ANY = None
 
@@ -192,6 +192,8 @@ _PULL4 = Rule("HDR*, HASH(4) [, KE_R] [, SEQ], KD [, CERT] [, POP_R]", "RFC 6407
 # GROUPKEY-PUSH (RFC 6407 section 4): SEQ first; SIG last, as it signs everything before it.
 _PUSH = Rule("HDR*, SEQ, [D,] SA, KD, [CERT,] SIG", "RFC 6407 section 4", ENCRYPTED,
              (one(P.SEQ),), (some(P.D), one(P.SA), one(P.KD), some(P.CERT)), (one(P.SIG),))
+# GROUPKEY-PUSH ACK (RFC 8263, our reading: docs/wire-format.md): in the clear, in this order.
+_ACK = Rule("HDR, HASH, SEQ, ID", "RFC 8263", CLEAR, (one(P.HASH), one(P.SEQ), one(P.ID)))
 
 #: (exchange type, DOI or ANY, message number, variant or None) -> rule.
 RULES: dict[tuple[int, int | None, int, Variant | None], Rule] = {
@@ -219,6 +221,7 @@ RULES: dict[tuple[int, int | None, int, Variant | None], Rule] = {
     (PULL, DOI.GDOI, 3, None): _PULL3,
     (PULL, DOI.GDOI, 4, None): _PULL4,
     (PUSH, DOI.GDOI, 1, None): _PUSH,
+    (ACK, DOI.GDOI, 1, None): _ACK,
 }
 
 

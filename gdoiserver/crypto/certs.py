@@ -14,13 +14,16 @@ keymat_v1.c) and libreswan (pluto's raw RSA signer) build it:
   signature is r | s, each as long as the curve's field (32, 48, 66 octets; RFC 4754 section 7).
 
 Chain validation uses ``cryptography.x509.verification`` with the extension rules of RFC 5280 and RFC 4945
-section 5 rather than the Web PKI's.  The ID payload is matched against subjectAltName with ``service_identity``
-(DNS, IP) and here (rfc822Name, subject DN).
+section 5 rather than the Web PKI's, then checks each certificate of the chain against the CRLs of its issuer that
+the :class:`TrustStore` holds (RFC 5280 section 6.3, RFC 4945 section 5.2).  A CRL must be signed by that issuer
+and current; an issuer without a configured CRL is not checked for revocation.  The ID payload is matched against
+subjectAltName with ``service_identity`` (DNS, IP) and here (rfc822Name, subject DN).
 """
 
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,7 +71,7 @@ class CredentialsError(CryptoError, ValueError):
 
 
 class CertificateError(CryptoError, ValueError):
-    """A peer certificate that must be refused, with the Notify to answer it (RFC 2408 sections 3.14.1, 5.6)."""
+    """A peer certificate that must be refused, with the Notify to answer it (RFC 2408 sections 3.14.1, 5.9)."""
 
     def __init__(self, notify: NotifyType, reason: str):
         super().__init__(notify, reason)
@@ -123,18 +126,36 @@ class Credentials:
 
 @attrs.frozen
 class TrustStore:
-    """The CA certificates that peer certificates must chain to."""
+    """The CA certificates that peer certificates must chain to, and the CRLs their issuers published.
+
+    Each CRL is checked as it is added (:func:`check_crl`): one that names a CA of ``certificates`` must be signed by
+    it.  A CRL of an intermediate CA (which the peer sends) is checked against it when a chain is validated.
+    """
 
     certificates: tuple[x509.Certificate, ...] = attrs.field(converter=tuple)
+    crls: tuple[x509.CertificateRevocationList, ...] = attrs.field(default=(), converter=tuple)
     _store: verification.Store | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
+        for crl in self.crls:
+            check_crl(crl, self.certificates)
         object.__setattr__(self, "_store", verification.Store(list(self.certificates)) if self.certificates else None)
 
     @classmethod
-    def load(cls, paths: Iterable) -> "TrustStore":
-        """Every certificate in the given PEM (one or more certificates each) or DER files."""
-        return cls(tuple(c for path in paths for c in _read_certificates(path)))
+    def load(cls, paths: Iterable, crl_paths: Iterable = ()) -> "TrustStore":
+        """Every certificate in the given PEM (one or more certificates each) or DER files, and every CRL in
+        ``crl_paths`` (PEM, one or more CRLs each, or DER)."""
+        crls = tuple(c for path in crl_paths for c in read_crls(path))
+        return cls(tuple(c for path in paths for c in _read_certificates(path)), crls)
+
+    def with_crls(self, path) -> "TrustStore":
+        """This store with the CRLs of the PEM or DER file ``path`` added; ``CredentialsError`` names the file when
+        one of them cannot be used."""
+        added = read_crls(path)
+        try:
+            return TrustStore(self.certificates, self.crls + tuple(added))
+        except CredentialsError as e:
+            raise CredentialsError(f"{path}: {e}") from None
 
 
 def _read_certificates(path) -> list[x509.Certificate]:
@@ -145,6 +166,72 @@ def _read_certificates(path) -> list[x509.Certificate]:
         return [x509.load_der_x509_certificate(data)]
     except ValueError:
         raise CredentialsError(f"{path}: not a PEM or DER X.509 certificate") from None
+
+
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.*?-----END X509 CRL-----", re.S)
+
+
+def read_crls(path) -> list[x509.CertificateRevocationList]:
+    """The CRLs of a PEM file (one or more) or a DER file (one), each checked by :func:`check_crl`."""
+    data = Path(path).read_bytes()
+    try:
+        if b"-----BEGIN" in data:
+            crls = [x509.load_pem_x509_crl(block) for block in _PEM_CRL.findall(data)]
+            if not crls:
+                raise ValueError("no X509 CRL block")
+        else:
+            crls = [x509.load_der_x509_crl(data)]
+    except ValueError:
+        raise CredentialsError(f"{path}: not a PEM or DER X.509 CRL") from None
+    try:
+        for crl in crls:
+            check_crl(crl)
+    except CredentialsError as e:
+        raise CredentialsError(f"{path}: {e}") from None
+    return crls
+
+
+def _crl_issuer(crl: x509.CertificateRevocationList) -> str:
+    return crl.issuer.rfc4514_string()
+
+
+def check_crl(crl: x509.CertificateRevocationList, anchors: Iterable[x509.Certificate] = ()) -> None:
+    """Refuse (``CredentialsError``) a CRL this module cannot apply as its issuer meant it.
+
+    It must name its next update (RFC 5280 section 5.1.2.5), carry no critical extension (a delta CRL, or a CRL
+    whose issuing distribution point narrows its scope or makes it indirect, RFC 5280 sections 5.2.4, 5.2.5, 5.3.3,
+    would be read wrong), and, when a CA of ``anchors`` has its issuer's name, be signed by that CA.
+    """
+    issuer = _crl_issuer(crl)
+    if crl.next_update_utc is None:
+        raise CredentialsError(f"the CRL of {issuer} has no nextUpdate (RFC 5280 section 5.1.2.5)")
+    try:
+        critical = [e.oid.dotted_string for e in crl.extensions if e.critical]
+        critical += [e.oid.dotted_string for entry in crl for e in entry.extensions if e.critical]
+    except (ValueError, x509.DuplicateExtension) as e:
+        raise CredentialsError(f"the CRL of {issuer} has malformed extensions: {e}") from None
+    if critical:
+        raise CredentialsError(f"the CRL of {issuer} has critical extensions {', '.join(sorted(set(critical)))}: "
+                               "delta, partitioned and indirect CRLs are not supported")
+    named = [a for a in anchors if a.subject == crl.issuer]
+    if named and not any(_signed_crl(crl, a) for a in named):
+        raise CredentialsError(f"the CRL of {issuer} is not signed by the CA certificate of that name "
+                               "(or its keyUsage lacks cRLSign)")
+
+
+def _signed_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` may sign CRLs (keyUsage cRLSign when present, RFC 5280 section 6.3.3 (f)) and signed
+    ``crl``."""
+    try:
+        usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.crl_sign:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        return crl.is_signature_valid(issuer.public_key())
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False
 
 
 def _read_private_key(path):
@@ -303,9 +390,10 @@ def _name_path_to_anchor(trust: TrustStore, certificate: x509.Certificate, inter
 def validate_chain(trust: TrustStore, certificate: x509.Certificate, intermediates, now) -> x509.Certificate:
     """Validate ``certificate`` up to a trust anchor at ``now`` (a datetime, naive meaning UTC, or epoch seconds).
 
-    Checks signatures, validity periods, basicConstraints cA and pathLenConstraint and keyUsage of the issuers, and
-    the key usage of ``certificate``.  Returns ``certificate``.  Raises ``CertificateError`` with
-    INVALID_CERT_AUTHORITY when no configured CA issued the chain, INVALID_CERTIFICATE for anything else.
+    Checks signatures, validity periods, basicConstraints cA and pathLenConstraint and keyUsage of the issuers, the
+    key usage of ``certificate``, and the CRLs of ``trust`` (:func:`check_revocation`).  Returns ``certificate``.
+    Raises ``CertificateError`` with INVALID_CERT_AUTHORITY when no configured CA issued the chain,
+    INVALID_CERTIFICATE for anything else.
     """
     when = _as_utc(now)
     intermediates = list(intermediates)
@@ -329,7 +417,7 @@ def validate_chain(trust: TrustStore, certificate: x509.Certificate, intermediat
         .build_client_verifier()
     )
     try:
-        verifier.verify(certificate, intermediates)
+        verified = verifier.verify(certificate, intermediates)
     except verification.VerificationError as e:
         if not _name_path_to_anchor(trust, certificate, intermediates):
             raise CertificateError(
@@ -337,7 +425,50 @@ def validate_chain(trust: TrustStore, certificate: x509.Certificate, intermediat
                 f"no configured CA issued {subject} (issuer {certificate.issuer.rfc4514_string()})",
             ) from None
         raise CertificateError(NotifyType.INVALID_CERTIFICATE, f"chain of {subject} does not validate: {e}") from None
+    check_revocation(trust, verified.chain, when)
     return certificate
+
+
+def check_revocation(trust: TrustStore, chain, now) -> None:
+    """Check each certificate of ``chain`` (the end entity first, the trust anchor last) against the CRLs of its
+    issuer in ``trust`` (RFC 5280 section 6.3.3).
+
+    An issuer without CRLs is not checked.  Where there are some, one must be signed by the issuer, and the newest
+    of those must be current at ``now``: else the revocation status is unknown, and the certificate is refused.  A
+    certificate listed in any of them is refused.  Every refusal is ``CertificateError`` INVALID_CERTIFICATE: IKEv1
+    has no Notify for revocation (RFC 2408 section 3.14.1).
+    """
+    when = _as_utc(now)
+    chain = list(chain)
+    for cert, issuer in zip(chain, chain[1:]):
+        crls = [c for c in trust.crls if c.issuer == issuer.subject]
+        if not crls:
+            continue
+        subject, name = cert.subject.rfc4514_string(), issuer.subject.rfc4514_string()
+        signed = [c for c in crls if _signed_crl(c, issuer)]
+        if not signed:
+            raise CertificateError(NotifyType.INVALID_CERTIFICATE, f"no CRL of {name} is signed by its key: the "
+                                   f"revocation status of {subject} is unknown")
+        newest = max(signed, key=lambda c: c.last_update_utc)
+        if when < newest.last_update_utc:
+            raise CertificateError(NotifyType.INVALID_CERTIFICATE, f"the CRL of {name} is not valid before "
+                                   f"{newest.last_update_utc}: the revocation status of {subject} is unknown")
+        if when > newest.next_update_utc:
+            raise CertificateError(NotifyType.INVALID_CERTIFICATE, f"the CRL of {name} expired at "
+                                   f"{newest.next_update_utc}: the revocation status of {subject} is unknown")
+        for crl in signed:
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is not None:
+                raise CertificateError(NotifyType.INVALID_CERTIFICATE, f"certificate {subject} (serial "
+                                       f"{cert.serial_number:x}) was revoked by {name} at "
+                                       f"{entry.revocation_date_utc}{_revocation_reason(entry)}")
+
+
+def _revocation_reason(entry: x509.RevokedCertificate) -> str:
+    try:
+        return f", reason {entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.value}"
+    except x509.ExtensionNotFound:
+        return ""
 
 
 # The ID payload against the certificate (RFC 4945 section 5.1.2).
@@ -418,7 +549,7 @@ def _dn_matches(subject: x509.Name, data: bytes) -> bool:
     return wanted is not None and wanted == ours
 
 
-# CERT and CR payloads (RFC 2408 sections 3.9, 3.10, 5.6).
+# CERT and CR payloads (RFC 2408 sections 3.9, 3.10, 5.9).
 
 
 def certificate_payload(certificate: x509.Certificate) -> Certificate:
@@ -435,7 +566,7 @@ def certificate_request(trust: TrustStore) -> tuple[CertificateRequest, ...]:
 def certificates_from_payloads(payloads) -> tuple[x509.Certificate, ...]:
     """The X.509 certificates of the CERT payloads among ``payloads``, in message order (the peer's first).
 
-    CERT payloads of other encodings are skipped (RFC 2408 section 5.6 discards them); when CERT payloads were
+    CERT payloads of other encodings are skipped (RFC 2408 section 5.9 discards them); when CERT payloads were
     present but none was X.509, ``CertificateError`` CERT_TYPE_UNSUPPORTED.  Undecodable certificate data raises
     INVALID_CERTIFICATE.  No CERT payload at all gives an empty tuple.
     """

@@ -213,7 +213,19 @@ def choose(policy: Phase1Policy, sa: SA, accept=lambda p: True) -> Choice:
             if _same_suite(ours, theirs):
                 reply = SA(sa.doi, sa.situation, (Proposal(prop.proposal_number, ProtocolID.ISAKMP, prop.spi, (t,)),))
                 return Choice(agreed(ours, theirs), reply)
-    raise NoProposalChosen(f"none of {len(offered)} readable transforms matches our policy")
+    raise NoProposalChosen(f"none of {len(offered)} readable transforms matches our policy" + _why(offered, policy))
+
+
+def _why(offered, policy: Phase1Policy) -> str:
+    """What rules out the peer's suites on our side (weak groups, 3DES, ...), for the log line: distinct
+    reasons, at most three."""
+    reasons = []
+    for _, _, theirs in offered:
+        # A lifetime of 0 means "none proposed"; only the suite itself decides here.
+        reason = refusal(attrs.evolve(theirs, lifetime=max(theirs.lifetime, 1)), policy)
+        if reason is not None and reason not in reasons:
+            reasons.append(reason)
+    return f" ({'; '.join(reasons[:3])})" if reasons else ""
 
 
 def accept_reply(offered: tuple[Phase1Proposal, ...], sa: SA) -> Phase1Proposal:

@@ -24,6 +24,11 @@
     pfs = false                                         # KE in GROUPKEY-PULL (RFC 6407 section 3.2)
     sender_ids = 1                                      # sender IDs to ask for counter-mode TEKs (RFC 6054)
 
+    [rekey]
+    multicast = true                                    # join the KEK's multicast group to hear GROUPKEY-PUSH
+    interface = "eth0"                                  # join it there (a name or an address; absent: see Rekey)
+    unknown_kek_limit = 3                               # PUSHes in a row under unknown KEKs before registering again
+
     [sink]
     path = "gdoi-member-sas.jsonl"                      # JSON lines, mode 0600
     debug_keys = false                                  # write the keys there too (debug only)
@@ -166,6 +171,19 @@ class Registration:
 
 
 @attrs.frozen
+class Rekey:
+    """How the member hears GROUPKEY-PUSH (RFC 6407 section 4).  Rekeys sent by unicast arrive on the member's
+    ISAKMP sockets; with ``multicast``, a running member also joins the multicast group the KEK names, on
+    ``interface`` (a name such as "eth0" or an address of ours; absent: the interface of the address the member
+    registered from).  ``unknown_kek_limit`` PUSHes in a row under KEKs the member does not hold make it register
+    again."""
+
+    multicast: bool = setting(boolean, default=True)
+    interface: str | None = setting(text, default=None)
+    unknown_kek_limit: int = setting(integer(1, 1000), default=3)
+
+
+@attrs.frozen
 class SinkSection:
     path: str = setting(text, default=DEFAULT_SINK_PATH)
     debug_keys: bool = setting(boolean, default=False)
@@ -185,6 +203,7 @@ class MemberConfig:
     identity: IdentityConfig = section(IdentityConfig)
     auth: Auth = section(Auth)
     registration: Registration = section(Registration)
+    rekey: Rekey = section(Rekey)
     sink: SinkSection = section(SinkSection)
     ike: IKE = section(IKE)
     security: Security = section(Security)

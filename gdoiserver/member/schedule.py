@@ -10,6 +10,8 @@ asking again before those TEKs expire would only bring them again, so the next a
 MIN_DELAY = 1.0
 #: At most this many seconds of jitter after an expiry, so that a group without rekeys is not left keyless long.
 MAX_EXPIRY_JITTER = 10.0
+#: Lifetimes on the wire are whole seconds (RFC 2407 section 4.5), so a TEK may outlive the one it announces by this.
+LIFETIME_ROUNDING = 1.0
 
 
 def uniform(rng) -> float:
@@ -22,17 +24,23 @@ def tek_lifetime(registration) -> int:
     return min(t.lifetime for t in registration.teks)
 
 
-def reregister_delay(registration, now: float, u: float, *, margin: float, jitter: float, renewed: bool) -> float:
+def reregister_delay(registration, now: float, u: float, *, margin: float, jitter: float, renewed: bool,
+                     rekeys: bool = False) -> float:
     """Seconds from ``now`` until the next registration after ``registration``.
 
     ``renewed``: it brought TEKs the member did not hold, so re-register at ``margin`` of their lifetime, less
-    up to ``jitter`` of it.  Otherwise just after they expire, when the key server makes new ones.
+    up to ``jitter`` of it; with ``rekeys`` (the group has a KEK), at ``1 - (1 - margin) / 2`` of it less up to
+    half the jitter, after the key server's rekey was due.  Otherwise just after they expire, when the key server
+    makes new ones.
     """
     lifetime = tek_lifetime(registration)
-    if renewed:
+    if renewed and rekeys:
+        at = registration.registered_at + lifetime * max(1.0 - (1.0 - margin) / 2 - jitter * u / 2, 0.0)
+    elif renewed:
         at = registration.registered_at + lifetime * max(margin - jitter * u, 0.0)
     else:
-        at = registration.registered_at + lifetime + u * min(jitter * lifetime, MAX_EXPIRY_JITTER)
+        # The key server sends lifetimes in whole seconds, rounded down: its TEKs end up to a second later.
+        at = registration.registered_at + lifetime + LIFETIME_ROUNDING + u * min(jitter * lifetime, MAX_EXPIRY_JITTER)
     return max(at - now, MIN_DELAY)
 
 

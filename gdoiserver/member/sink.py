@@ -1,8 +1,10 @@
 """Where a member's registrations go: the :class:`GroupSink` interface, JSON lines, and several sinks at once.
 
 A registration (:class:`~gdoiserver.doi.gdoi.registration.GroupRegistration`) is the group's policy and keys as
-one GROUPKEY-PULL delivered them.  A sink hears of each one (``installed``, with the SPIs of the TEKs it did not
-hold yet) and of each TEK that went (``removed``: its lifetime ended and no registration renewed it).
+one GROUPKEY-PULL, or one GROUPKEY-PUSH, delivered them.  A sink hears of each one (``installed``, with the SPIs
+of the TEKs it did not hold yet: from then on they serve inbound traffic), of the moment TEKs a rekey brought
+serve outbound traffic too (``activated``, the GAP's activation delay after the rekey; optional for a sink), and
+of each TEK that went (``removed``: its lifetime ended, or the deactivation delay after a rekey retired it).
 
 - :class:`GroupJsonLinesSink` writes one JSON object per line and event to a file made with mode 0600 (the file
   handling of the IPsec DOI's :class:`~gdoiserver.doi.ipsec.sa_sink.JsonLinesSink`); the keys only with ``keys``.
@@ -23,7 +25,8 @@ from gdoiserver.doi.ipsec.algorithms import CIPHERS, INTEGRITIES
 from gdoiserver.doi.ipsec.sa_sink import JsonLinesSink, SinkError, TeeSink
 from gdoiserver.group.policy import GroupId
 
-__all__ = ["GroupSink", "GroupJsonLinesSink", "GroupTeeSink", "SinkError", "registration_record", "sink_for"]
+__all__ = ["GroupSink", "GroupJsonLinesSink", "GroupTeeSink", "SinkError", "notify_activated", "registration_record",
+           "sink_for"]
 
 
 class GroupSink(Protocol):
@@ -32,6 +35,9 @@ class GroupSink(Protocol):
 
     def removed(self, group: GroupId, tek: TEKInfo, reason: str, now: float) -> None:
         """A TEK of ``group`` is gone."""
+
+    def activated(self, group: GroupId, teks: tuple[TEKInfo, ...], now: float) -> None:
+        """The member sends with ``teks`` from now on (RFC 6407 section 5.7; optional)."""
 
     def close(self) -> None: ...
 
@@ -122,6 +128,10 @@ class GroupJsonLinesSink(JsonLinesSink):
         self._write({"event": "removed", "time": now, "group": _group(group), "spi": tek.spi.hex(),
                      "reason": reason})
 
+    def activated(self, group: GroupId, teks: tuple[TEKInfo, ...], now: float) -> None:
+        self._write({"event": "activated", "time": now, "group": _group(group),
+                     "spis": [t.spi.hex() for t in teks]})
+
 
 class GroupTeeSink(TeeSink):
     """Each event to every group sink in turn; the first error is raised once all were told (as TeeSink)."""
@@ -131,6 +141,23 @@ class GroupTeeSink(TeeSink):
 
     def removed(self, group, tek, reason, now) -> None:
         self._each("removed", group, tek, reason, now)
+
+    def activated(self, group, teks, now) -> None:
+        errors = []
+        for sink in self.sinks:
+            try:
+                notify_activated(sink, group, teks, now)
+            except SinkError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def notify_activated(sink, group: GroupId, teks: tuple[TEKInfo, ...], now: float) -> None:
+    """Tell ``sink`` that ``teks`` now serve outbound traffic, if it listens for that (``activated`` is optional)."""
+    activated = getattr(sink, "activated", None)
+    if activated is not None:
+        activated(group, teks, now)
 
 
 def sink_for(section) -> GroupSink:

@@ -1,7 +1,9 @@
 """Decrypt captured IKEv1 messages with a keylog of Phase 1 encryption keys (``pcapdump --keylog``).
 
 The keylog has one line per ISAKMP SA in the form of Wireshark's ``ikev1_decryption_table``: the initiator cookie
-and the encryption key, both in hex, joined by a comma.  Blank lines and lines that begin with ``#`` are ignored.
+and the encryption key, both in hex, joined by a comma.  It may also hold GDOI KEK lines, ``KEK <KEK SPI hex> <key
+hex> <key bits>`` (:mod:`gdoiserver.keylog`), with which GROUPKEY-PUSH messages are opened
+(:func:`gdoiserver.doi.gdoi.push.open_push`).  Blank lines and lines that begin with ``#`` are ignored.
 
 A :class:`Decryptor` is fed every message of a capture in order and follows each ISAKMP SA as RFC 2409
 appendix B chains it: it learns the chosen transform and g^xi, g^xr from the messages in clear, starts the Phase 1
@@ -16,10 +18,14 @@ import attrs
 
 from gdoiserver.codec.attributes import attribute_map
 from gdoiserver.codec.cipher import CIPHERS, IVChain, cipher_for
-from gdoiserver.codec.constants import DOI, ExchangeType, OakleyAttr
-from gdoiserver.codec.errors import DecodeError
+from gdoiserver.codec.constants import DOI, ExchangeType, Flags, OakleyAttr
+from gdoiserver.codec.errors import DecodeError, EncodeError
+from gdoiserver.codec.gdoi import KEK_SPI_SIZE
 from gdoiserver.codec.message import Message
+from gdoiserver.codec.payload import Context
 from gdoiserver.codec.payloads import KE, SA
+from gdoiserver.doi.gdoi import push
+from gdoiserver.keylog import KEK_TAG
 
 COOKIE_SIZE = 8
 #: The key sizes, in octets, of the ciphers that :mod:`gdoiserver.codec.cipher` implements.
@@ -42,14 +48,55 @@ def _hex(text: str, what: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def parse_keylog(lines: Iterable[str], source: str = "keylog") -> dict[bytes, bytes]:
-    """{initiator cookie: encryption key} from keylog lines; raises :class:`KeylogError` at the first bad line."""
+@attrs.frozen
+class KEKKey:
+    """A KEK from a keylog line: its SPI (the cookies of the PUSH messages under it), key and key size in bits."""
+
+    spi: bytes
+    key: bytes = attrs.field(repr=False)
+    key_bits: int
+
+
+@attrs.frozen
+class KeylogKeys:
+    """What a keylog holds: ``phase1`` maps initiator cookies to encryption keys, ``keks`` KEK SPIs to KEKs."""
+
+    phase1: dict[bytes, bytes] = attrs.field(repr=False)
+    keks: dict[bytes, KEKKey]
+
+
+#: KEK key sizes in bits (KEK_ALG_AES, RFC 6407 section 5.3; push.kek_cipher).
+KEK_KEY_BITS = (128, 192, 256)
+
+
+def _kek_line(line: str) -> KEKKey:
+    words = line.split()
+    if len(words) != 4:
+        raise ValueError(f"a KEK line is '{KEK_TAG} <KEK SPI hex> <key hex> <key bits>', not {len(words)} words")
+    spi, key = _hex(words[1], "KEK SPI"), _hex(words[2], "KEK key")
+    if len(spi) != KEK_SPI_SIZE:
+        raise ValueError(f"the KEK SPI is {KEK_SPI_SIZE} octets ({2 * KEK_SPI_SIZE} hex digits), not {len(spi)}")
+    if not words[3].isdigit() or int(words[3]) not in KEK_KEY_BITS:
+        raise ValueError(f"key bits {words[3]!r} is not one of {', '.join(map(str, KEK_KEY_BITS))}")
+    if len(key) * 8 != int(words[3]):
+        raise ValueError(f"a {len(key)}-octet KEK key is not {words[3]} bits")
+    return KEKKey(spi, key, int(words[3]))
+
+
+def parse_keys(lines: Iterable[str], source: str = "keylog") -> KeylogKeys:
+    """The Phase 1 keys and the KEKs of keylog lines; raises :class:`KeylogError` at the first bad line."""
     keys: dict[bytes, bytes] = {}
+    keks: dict[bytes, KEKKey] = {}
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         try:
+            if line.split(maxsplit=1)[0] == KEK_TAG:
+                kek = _kek_line(line)
+                if keks.setdefault(kek.spi, kek) != kek:
+                    raise ValueError(f"KEK SPI {kek.spi.hex()} appears again with another key")
+                continue
             cookie_hex, sep, key_hex = line.partition(",")
             if not sep:
                 raise ValueError("no comma: expected <initiator cookie hex>,<encryption key hex>")
@@ -63,10 +110,15 @@ def parse_keylog(lines: Iterable[str], source: str = "keylog") -> dict[bytes, by
                 raise ValueError(f"initiator cookie {cookie_hex} appears again with another key")
         except ValueError as e:
             raise KeylogError(source, number, str(e)) from None
-    return keys
+    return KeylogKeys(keys, keks)
 
 
-def read_keylog(path) -> dict[bytes, bytes]:
+def parse_keylog(lines: Iterable[str], source: str = "keylog") -> dict[bytes, bytes]:
+    """{initiator cookie: encryption key} from keylog lines (KEK lines are checked, then left out)."""
+    return parse_keys(lines, source).phase1
+
+
+def read_keys(path) -> KeylogKeys:
     """The keylog file at ``path``; OSError when it cannot be read, :class:`KeylogError` when a line is bad."""
     with open(path, "rb") as f:
         data = f.read()
@@ -74,20 +126,26 @@ def read_keylog(path) -> dict[bytes, bytes]:
     for number, line in enumerate(lines, 1):
         if not line.isascii():
             raise KeylogError(str(path), number, "not ASCII text")
-    return parse_keylog((line.decode("ascii") for line in lines), str(path))
+    return parse_keys((line.decode("ascii") for line in lines), str(path))
+
+
+def read_keylog(path) -> dict[bytes, bytes]:
+    """The Phase 1 keys of the keylog file at ``path`` (see :func:`read_keys`)."""
+    return read_keys(path).phase1
 
 
 @attrs.frozen
 class Decryption:
     """What the decryptor made of one encrypted message.
 
-    Either ``message`` is the message decrypted and decoded and ``chain`` the IV chain it was decrypted under, so
-    that ``chain.encrypt(message)[0]`` gives back the octets captured; or ``error`` says why it was not decrypted.
+    Either ``message`` is the message decrypted and decoded and ``chain`` the IV chain it was decrypted under (a
+    :class:`PushChain` for a GROUPKEY-PUSH), so that ``chain.encrypt(message)[0]`` gives back the octets captured; or
+    ``error`` says why it was not decrypted.
     ``retransmission`` marks octets seen before, decrypted again under the chain they had the first time.
     """
 
     message: Message | None = None
-    chain: IVChain | None = attrs.field(default=None, repr=False)
+    chain: "IVChain | PushChain | None" = attrs.field(default=None, repr=False)
     error: str | None = None
     retransmission: bool = False
 
@@ -96,6 +154,48 @@ class Decryption:
 #: header's cookies name (the KEK SPI), not under a Phase 1 SA, and its key comes from the KD payload of a
 #: GROUPKEY-PULL (RFC 6407 section 5.6).  Called with (message, doi); returns a Decryption.
 KEKDecryptor = Callable[[Message, int], Decryption]
+
+
+@attrs.frozen
+class PushChain:
+    """What re-encrypts a decrypted PUSH: the KEK and the IV the PUSH carried as its first block (push.py), in the
+    place of an :class:`IVChain` in a :class:`Decryption`."""
+
+    kek: KEKKey = attrs.field(repr=False)
+    iv: bytes
+
+    def encrypt(self, message: Message, ctx: Context | None = None) -> tuple[bytes, "PushChain"]:
+        """The PUSH datagram: header, the IV, then the body (payloads and kept padding) under the KEK."""
+        cipher = push.kek_cipher(self.kek.key_bits)
+        body = message.body(ctx or push.CTX)
+        if len(body) % cipher.block_size:
+            raise EncodeError(f"a PUSH body of {len(body)} octets is not whole {cipher.block_size}-octet blocks")
+        ciphertext = cipher.encrypt(self.kek.key, self.iv, body)
+        header = attrs.evolve(message, flags=int(message.flags | Flags.ENCRYPTION))
+        return header.header_bytes(len(self.iv) + len(ciphertext)) + self.iv + ciphertext, self
+
+
+def kek_decryptor(kek: KEKKey) -> KEKDecryptor:
+    """The :data:`KEKDecryptor` of one KEK: opens its PUSH messages with push.open_push and decodes their payloads;
+    a message that does not open or decode gets a Decryption with the reason."""
+    cipher = push.kek_cipher(kek.key_bits)
+
+    def decrypt(message: Message, doi: int) -> Decryption:
+        try:
+            header, plaintext = push.open_push(message.encode(), kek.spi, kek.key, kek.key_bits)
+            clear = header.with_plaintext(plaintext, DOI.GDOI, push.CTX)
+        except push.PushError as e:
+            return Decryption(error=f"does not open under the KEK ({cipher.name}): {e.reason}")
+        except DecodeError as e:
+            return Decryption(error=f"does not decrypt under the KEK ({cipher.name}): {e.reason}")
+        return Decryption(clear, PushChain(kek, header.ciphertext[: cipher.block_size]))
+
+    return decrypt
+
+
+def kek_decryptors(keks: Mapping[bytes, KEKKey]) -> dict[bytes, KEKDecryptor]:
+    """A :data:`KEKDecryptor` for each KEK of a keylog, by KEK SPI (for :class:`Decryptor`'s ``keks``)."""
+    return {spi: kek_decryptor(kek) for spi, kek in keks.items()}
 
 
 @attrs.define
@@ -128,6 +228,7 @@ class Decryptor:
         #: The chain each encrypted message was first decrypted under, by its octets: a retransmission is the same
         #: octets again, and its chain must not advance twice (RFC 2409 appendix B; cipher.py module notes).
         self._first_chain: dict[bytes, IVChain] = {}
+        self._pushes_seen: set[bytes] = set()
 
     def __call__(self, datagram, message: Message, doi: int) -> Decryption | None:
         return self.decrypt(message, doi)
@@ -137,12 +238,15 @@ class Decryptor:
         if message.ciphertext is None:
             self._learn(message)
             return None
+        data = message.encode()
         if doi == DOI.GDOI and message.exchange_type == ExchangeType.GROUPKEY_PUSH:
             kek = self.keks.get(message.spi)
             if kek is None:
                 return Decryption(error=f"no KEK key for KEK SPI {message.spi.hex()} (GROUPKEY-PUSH)")
-            return kek(message, doi)
-        data = message.encode()
+            # A PUSH goes out several times, the same octets to the group and to each member (no chain moves).
+            seen = data in self._pushes_seen
+            self._pushes_seen.add(data)
+            return attrs.evolve(kek(message, doi), retransmission=seen)
         chain = self._first_chain.get(data)
         if chain is not None:
             decryption, _ = self._open(message, chain, doi)

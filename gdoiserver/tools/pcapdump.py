@@ -5,7 +5,8 @@
 One line per ISAKMP message (UDP 500, 848, and 4500 behind the non-ESP marker): frame number and time, addresses
 and ports, the header, the payload chain and every unencrypted payload's fields.  With ``--keylog`` (one
 ``<initiator cookie hex>,<encryption key hex>`` line per ISAKMP SA, as Wireshark's ikev1_decryption_table and the
-daemon's keylog have it) encrypted messages are decrypted too: their line shows the decrypted payloads with
+daemon's keylog have it, and one ``KEK <KEK SPI hex> <key hex> <key bits>`` line per GDOI KEK) encrypted messages
+are decrypted too, GROUPKEY-PUSH messages under their KEK: their line shows the decrypted payloads with
 ``"decrypted": true`` and must re-encrypt to the captured octets, or carries ``decrypt_error`` with the reason.
 
 Exit status: 0 when every message decodes and re-encodes (re-encrypts) to its own octets and, with --keylog, every
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 from gdoiserver.codec import DOI, Context, DecodeError, EncodeError, Message, decode_message
 from gdoiserver.codec.payload import RFC3547, RFC6407
-from gdoiserver.tools.decrypt import Decryption, Decryptor, KeylogError, read_keylog
+from gdoiserver.tools.decrypt import Decryption, Decryptor, KeylogError, kek_decryptors, read_keys
 from gdoiserver.tools.jsonview import message_view
 from gdoiserver.tools.pcap import CaptureError, Datagram, isakmp_messages, read_udp
 
@@ -137,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("file", help="pcap or pcapng capture")
     parser.add_argument("--doi", type=int, help="read every message under this DOI (default: 2 on UDP 848, else 1)")
-    parser.add_argument("--keylog", metavar="KEYLOG", help="decrypt with the Phase 1 keys of this file: one "
-                        "'<initiator cookie hex>,<encryption key hex>' line per ISAKMP SA (# starts a comment)")
+    parser.add_argument("--keylog", metavar="KEYLOG", help="decrypt with the keys of this file: one "
+                        "'<initiator cookie hex>,<encryption key hex>' line per ISAKMP SA and one "
+                        "'KEK <KEK SPI hex> <key hex> <key bits>' line per GDOI KEK (# starts a comment)")
     return parser
 
 
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
     decryptor = None
     if args.keylog is not None:
         try:
-            decryptor = Decryptor(read_keylog(args.keylog))
+            keys = read_keys(args.keylog)
+            decryptor = Decryptor(keys.phase1, kek_decryptors(keys.keks))
         except KeylogError as e:
             note(e.reason, f"{e.source}:{e.line}")
             return 2

@@ -26,10 +26,13 @@ from gdoiserver.codec.gdoi import (
     TEKKeyAttr,
     TEKProtocol,
 )
+from gdoiserver.doi.gdoi import lkh_wire
 from gdoiserver.group.keys import Generation, Group, KEKKeys, TEKKeys, remaining
 from gdoiserver.group.policy import SIG_HASHES, GAPPolicy, IPNetwork, KEKPolicy, RekeyTransport
 
 UDP = 17
+#: KEK_ACK_REQUESTED's value asking each member to acknowledge every rekey (RFC 8263).
+ACK_REQUESTED = 1
 #: Octets of each SID_VALUE attribute (RFC 6054 section 5; our choice, see docs/wire-format.md).
 SID_VALUE_SIZE = 4
 
@@ -64,22 +67,25 @@ def tek_payload(tek: TEKKeys, now: float) -> SAT:
 
 def kek_payload(kek: KEKKeys, rekey: RekeyTransport, member_address: tuple[str, int], now: float) -> SAK:
     """The SA KEK payload (RFC 6407 section 5.3): rekeys come over UDP from the key server to the multicast group,
-    or, with unicast rekeys only, to the member where it registered from."""
+    or, with unicast rekeys only, to the member where it registered from.  With ``rekey.ack`` the SAK asks for
+    acknowledgements (RFC 8263: KEK_ACK_REQUESTED)."""
     p: KEKPolicy = kek.policy
     src = Selector.of(rekey.source, rekey.source_port)
     if rekey.multicast_address is not None:
         dst = Selector.of(rekey.multicast_address, rekey.multicast_port)
     else:
         dst = Selector.of(ipaddress.ip_address(member_address[0]), member_address[1])
-    attrs = (
+    attrs = [
         Attribute(KEKAttr.KEK_ALGORITHM, KEKAlgorithm.KEK_ALG_AES),
         Attribute(KEKAttr.KEK_KEY_LENGTH, p.key_bits),
         Attribute(KEKAttr.KEK_KEY_LIFETIME, remaining(kek.expires_at, now).to_bytes(4, "big")),
         Attribute(KEKAttr.SIG_HASH_ALGORITHM, SIG_HASHES[p.signature_hash]),
         Attribute(KEKAttr.SIG_ALGORITHM, p.signature_algorithm),
         Attribute(KEKAttr.SIG_KEY_LENGTH, p.signature_key_bits),
-    )
-    return SAK(UDP, src, dst, kek.spi, attrs)
+    ]
+    if rekey.ack:
+        attrs.append(Attribute(KEKAttr.KEK_ACK_REQUESTED, ACK_REQUESTED))
+    return SAK(UDP, src, dst, kek.spi, tuple(attrs))
 
 
 def gap_payload(gap: GAPPolicy) -> GAP:
@@ -100,15 +106,22 @@ def sa_payload(group: Group, generation: Generation, kek: KEKKeys | None, member
     return GroupSA(payloads=tuple(inner))
 
 
-def kd_payload(generation: Generation, kek: KEKKeys | None, sender_ids: tuple[int, ...], sid_bits: int) -> KD:
-    """The Key Download (RFC 6407 section 5.6): the KEK and its signature key, each TEK's keys, and the member's
-    sender IDs (RFC 6054 section 5: a SID key packet with no SPI)."""
+def kd_payload(generation: Generation, kek: KEKKeys | None, sender_ids: tuple[int, ...], sid_bits: int,
+               lkh_path=None) -> KD:
+    """The Key Download (RFC 6407 section 5.6): the KEK and its signature key, the member's LKH keys (its leaf's
+    and its ancestors' below the root, :class:`gdoiserver.group.lkh.NodeKey` values, leaf first: an LKH key
+    packet under the KEK's SPI, RFC 6407 section 5.6.3), each TEK's keys, and the member's sender IDs (RFC 6054
+    section 5: a SID key packet with no SPI)."""
     packets = []
     if kek is not None:
         packets.append(KeyPacket(KeyPacketType.KEK, kek.spi, (
             Attribute(KEKKeyAttr.KEK_ALGORITHM_KEY, kek.key),
             Attribute(KEKKeyAttr.SIG_ALGORITHM_KEY, kek.policy.public_key_der),
         )))
+        if lkh_path:
+            packets.append(lkh_wire.download_packet(kek.spi, lkh_path))
+    elif lkh_path:
+        raise ValueError("LKH keys without a KEK")
     for tek in generation.teks:
         keys = [Attribute(TEKKeyAttr.TEK_ALGORITHM_KEY, tek.encryption_key)]
         if tek.integrity_key:

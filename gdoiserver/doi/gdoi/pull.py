@@ -18,11 +18,14 @@ How each side treats what it receives:
 - Once a HASH verifies, a message that breaks the rules ends the exchange with a Notify, sent protected under the
   ISAKMP SA as an Informational (RFC 2409 section 5.7).
 - The key server changes no state of a group before a request passes every check: a refused member leaves no
-  trace but the log line (Failed names the member's identity and the group) and a counter.  Sender IDs are
-  given out at message 3, after the member proved it holds the nonces.
+  trace but the log line (Failed names the member's identity and the group) and a counter.  Sender IDs and the
+  member's LKH leaf (RFC 6407 section 5.6.3) are given out at message 3, after the member proved it holds the
+  nonces.  An evicted member is refused at message 1 (AUTHENTICATION-FAILED, "evicted").
 - Retransmissions: the member resends the same octets (``retransmit_initial``, doubling, ``retransmit_tries``);
   either side answers the exact octets of a request it answered with the same answer, computed once.
 """
+
+from typing import Callable
 
 import attrs
 from cryptography import x509
@@ -43,6 +46,7 @@ from gdoiserver.crypto.dh import dh_group
 from gdoiserver.crypto.errors import CryptoError
 from gdoiserver.crypto.prf import constant_time_equal
 from gdoiserver.doi.gdoi import download
+from gdoiserver.doi.gdoi.ack import ack_key_for
 from gdoiserver.doi.gdoi.hashes import (
     after_first,
     hash_1,
@@ -60,6 +64,7 @@ from gdoiserver.exchanges.effects import CancelTimer, Count, Effect, Established
 from gdoiserver.exchanges.phase1 import ISAKMPSA
 from gdoiserver.exchanges.phase1_common import ResponseCache, Retransmitter
 from gdoiserver.group.keys import Generation, Group, GroupTable, KEKKeys
+from gdoiserver.group.lkh import LKHError
 from gdoiserver.group.policy import PFS, GroupId, Member, identity_text
 from gdoiserver.group.sender_ids import SenderIDsExhausted
 
@@ -76,17 +81,27 @@ _ECDSA_AUTH = {"secp256r1": OakleyAuth.ECDSA_SHA256_P256, "secp384r1": OakleyAut
 class KeyServerPolicy:
     """What the key server's PULL responders share: the groups (and their key state), the key server's own
     certificate and key (sent as CERT and POP_R in every message 4 when set), and the CAs a member's CERT in
-    message 3 must chain to (without them a member's CERT and POP_I are not read)."""
+    message 3 must chain to (without them a member's CERT and POP_I are not read).
+
+    Two hooks the rekey service gives, both called with (group name, member identity as text):
+    ``leaf_for`` returns the member's LKH path (:class:`gdoiserver.group.lkh.NodeKey` values, leaf first, up to
+    just below the root), joining it to the group's tree if new, or None; it may raise LKHError (tree full).
+    ``is_evicted`` says whether the member was evicted (RFC 6407 section 5.6.3) and is refused until readmitted.
+    """
 
     groups: GroupTable
     credentials: certs.Credentials | None = None
     trust: certs.TrustStore | None = None
     exchange_timeout: float = 60.0
+    leaf_for: Callable[[str, str], tuple | None] | None = None
+    is_evicted: Callable[[str, str], bool] | None = None
 
 
 @attrs.frozen
 class MemberRegistered:
-    """The key server's result of a registration: who joined which group, with which sender IDs."""
+    """The key server's result of a registration: who joined which group, with which sender IDs, at which LKH
+    ``leaf`` (None without LKH), and the ``ack_key`` its GROUPKEY-PUSH acknowledgements are checked with
+    (RFC 8263; :func:`gdoiserver.doi.gdoi.ack.ack_key_for` of the Phase 1 SA it registered under)."""
 
     group: str
     group_id: GroupId
@@ -97,6 +112,8 @@ class MemberRegistered:
     sender_ids: tuple[int, ...] = ()
     pfs: bool = False
     certificate: bytes | None = attrs.field(default=None, repr=False)
+    leaf: int | None = None
+    ack_key: bytes = attrs.field(default=b"", repr=False)
 
 
 class _Ignore(Exception):
@@ -348,6 +365,8 @@ class PullResponder(_PullExchange):
             if not (group.policy.certificate_rules and self.policy.trust is not None):
                 raise _Refuse(NotifyType.AUTHENTICATION_FAILED, f"{self._who()}: not authorized", "pull_unauthorized")
             self._deferred = True  # it may still prove a certificate the group admits, in message 3
+        if self.policy.is_evicted is not None and self.policy.is_evicted(group.policy.name, str(self._member)):
+            raise _Refuse(NotifyType.AUTHENTICATION_FAILED, f"{self._who()}: evicted", "pull_evicted")
         # Every check passed: from here on the group's key state may change.
         self._generation, self._kek = group.keys.current(now), group.keys.kek(now)
         self._ni_b, self._nr_b = _payload(payloads, Nonce).nonce_data, bytes(rng(NONCE_SIZE))
@@ -393,6 +412,12 @@ class PullResponder(_PullExchange):
             except CryptoError as e:
                 raise _Refuse(NotifyType.INVALID_KEY_INFORMATION, f"{self._who()}: KE_I: {e}", "pull_bad_ke") from None
             reply.append(KE(dh.public_bytes()))
+        lkh_path = None
+        if self._kek is not None and self.policy.leaf_for is not None:
+            try:  # the member keeps its leaf (its identity's) even if the sender IDs below run out
+                lkh_path = self.policy.leaf_for(policy.name, str(self._member))
+            except LKHError as e:
+                raise _Refuse(NotifyType.NO_PROPOSAL_CHOSEN, f"{self._who()}: {e}", "pull_lkh_full") from None
         sids = ()
         if count:
             try:  # the last step that can fail: a refused member takes no sender IDs
@@ -402,7 +427,7 @@ class PullResponder(_PullExchange):
                     from None
         if self._kek is not None:
             reply.append(SEQ(self._kek.seq))
-        kd = download.kd_payload(self._generation, self._kek, sids, policy.sender_id_bits)
+        kd = download.kd_payload(self._generation, self._kek, sids, policy.sender_id_bits, lkh_path)
         if g_xy is not None:
             body = kd.encode_body(CTX)
             kd = UnknownPayload(PayloadType.KD, xor(body, kd_mask(self.sa, g_xy, self._ni_b, self._nr_b, len(body))))
@@ -416,6 +441,7 @@ class PullResponder(_PullExchange):
             group=policy.name, group_id=policy.ids[0], member=str(self._member), identity=self.sa.peer_id,
             address=self.sa.peer, generation=self._generation.number, sender_ids=sids, pfs=g_xy is not None,
             certificate=None if certificate is None else certificate.public_bytes(Encoding.DER),
+            leaf=lkh_path[0].node if lkh_path else None, ack_key=ack_key_for(self.sa),
         )
         self.done, self.state = True, "REGISTERED"
         return [Count("pull_registered"), send, *self._cancel_timers(), Established(result)]

@@ -19,6 +19,10 @@ and the Message ID 0.  Three choices, the same on both sides:
   header, counted in the header's Length: **our choice**, never reusing a CBC IV under one key.
 
 The key server signs once per message; the same datagram then goes to every member.
+
+An eviction (RFC 6407 section 5.6.3, LKH) brings the new KEK without its key: the KD's KEK key packet has the
+signature key alone, and an LKH key packet's LKH_UPDATE_ARRAY carries the new root key (the KEK's) wrapped down the
+tree (:func:`eviction_kd`).  A member follows it from its LKH path (``verify_push(..., lkh_path=)``).
 """
 
 import os
@@ -38,11 +42,24 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from gdoiserver.codec.cipher import CIPHERS, CipherSpec, pad
 from gdoiserver.codec.constants import DOI, ExchangeType, Flags, OakleyEncryption, PayloadType
 from gdoiserver.codec.errors import DecodeError
-from gdoiserver.codec.gdoi import KD, KEK_SPI_SIZE, SEQ, TEK_SPI_SIZE, GroupSA, SigHashAlgorithm, TEKProtocol
+from gdoiserver.codec.attributes import Attribute
+from gdoiserver.codec.gdoi import (
+    KD,
+    KEK_SPI_SIZE,
+    SEQ,
+    TEK_SPI_SIZE,
+    GroupSA,
+    KEKKeyAttr,
+    KeyPacket,
+    KeyPacketType,
+    SigHashAlgorithm,
+    TEKProtocol,
+)
 from gdoiserver.codec.grammar import check, rule_for
 from gdoiserver.codec.message import Message, decode_message
 from gdoiserver.codec.payload import context_for, encode_chain
 from gdoiserver.codec.payloads import Delete, Signature
+from gdoiserver.doi.gdoi import lkh_wire
 from gdoiserver.doi.gdoi.hashes import payload_spans
 from gdoiserver.doi.gdoi.registration import (
     GroupRegistration,
@@ -169,6 +186,18 @@ def delete_kek(spi: bytes) -> Delete:
     return Delete(DOI.GDOI, KEK_DELETE_PROTOCOL, (spi,), KEK_SPI_SIZE)
 
 
+def eviction_kd(new_kek, updates) -> KD:
+    """The Key Download of an eviction (RFC 6407 section 5.6.3): a KEK key packet for ``new_kek`` (a KEKKeys) with
+    its SIG_ALGORITHM_KEY and no KEK_ALGORITHM_KEY, and an LKH key packet under the new KEK's SPI whose
+    LKH_UPDATE_ARRAY holds ``updates`` (from :meth:`gdoiserver.group.lkh.LKHTree.evict`): the new key reaches the
+    members through the tree, never in clear under the old KEK."""
+    if not updates:
+        raise ValueError("an eviction with no LKH update reaches no member")
+    kek_packet = KeyPacket(KeyPacketType.KEK, new_kek.spi,
+                           (Attribute(KEKKeyAttr.SIG_ALGORITHM_KEY, new_kek.policy.public_key_der),))
+    return KD((kek_packet, lkh_wire.update_packet(new_kek.spi, updates)))
+
+
 def build_push(kek, seq: int, sa_payload: GroupSA, kd_payload: KD, deletes=(), signer: Signer | None = None, *,
                certificates=(), rng=os.urandom) -> bytes:
     """The GROUPKEY-PUSH datagram under ``kek`` (a KEKKeys: ``spi``, ``key``, ``policy``) with SEQ ``seq``.
@@ -220,8 +249,8 @@ def open_push(datagram: bytes, spi: bytes, key: bytes, key_bits: int) -> tuple[M
 
 @attrs.frozen
 class PushResult:
-    """An accepted PUSH: its SEQ, the new keys (``registration``: TEKs and, on a KEK rekey, the new KEK) and the
-    SPIs its Delete payloads retire."""
+    """An accepted PUSH: its SEQ, the new keys (``registration``: TEKs and, on a KEK rekey, the new KEK; after an
+    LKH update, the member's new LKH path) and the SPIs its Delete payloads retire."""
 
     seq: int
     registration: GroupRegistration
@@ -241,6 +270,15 @@ class PushResult:
         """The KEK the next PUSH comes under (RFC 3547 section 4: the SEQ counter carries on across KEKs)."""
         return self.kek if self.kek is not None else current
 
+    @property
+    def lkh_path(self) -> tuple | None:
+        """The member's new LKH path (leaf first) when the PUSH carried an LKH update, else None (keep yours)."""
+        return self.registration.lkh_path or None
+
+    def lkh_path_after(self, current: tuple) -> tuple:
+        """The LKH path to follow the next eviction with."""
+        return self.lkh_path if self.lkh_path is not None else current
+
 
 def _deleted(deletes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     teks, keks = [], []
@@ -257,12 +295,15 @@ def _deleted(deletes) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
 
 
 def verify_push(datagram: bytes, kek_state: KEKInfo, last_seq: int, *, policy: MemberPolicy = MemberPolicy(),
-                group=None, server=None, now: float = 0.0) -> PushResult:
+                group=None, server=None, now: float = 0.0, lkh_path=()) -> PushResult:
     """Check a PUSH under ``kek_state`` and read its keys; PushError otherwise.
 
     In order: decrypt, decode and the grammar (push_malformed), the SIG with the KEK's signature key
     (push_bad_signature), SEQ above ``last_seq`` (push_replay: checked on authentic messages only, so the counter
     counts replays and not forgeries), then the SA and KD with the registration's readers (push_refused).
+    ``lkh_path`` is the member's LKH path (from its registration, :attr:`GroupRegistration.lkh_path`): an eviction
+    brings the new KEK's key through it, and a member it cannot bring the key to (the evicted one) gets
+    push_refused.
     """
     header, plaintext = open_push(datagram, kek_state.spi, kek_state.key, kek_state.key_bits)
     try:
@@ -285,9 +326,9 @@ def verify_push(datagram: bytes, kek_state: KEKInfo, last_seq: int, *, policy: M
     if not isinstance(sa, GroupSA):
         raise PushError("the SA is not in the GDOI layout", MALFORMED)
     try:
-        offered = read_policy(sa, policy)
+        offered = read_policy(sa, policy, rekey=True)
         registration = read_keys(offered, kd, seq, group=group, server=server, now=now, asked_sender_ids=0,
-                                 pfs=False)
+                                 pfs=False, rekey=True, lkh_path=lkh_path)
     except RegistrationRefused as e:
         raise PushError(e.reason, REFUSED) from None
     return PushResult(seq, registration, deleted_teks, deleted_keks)

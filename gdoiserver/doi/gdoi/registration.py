@@ -34,6 +34,7 @@ from gdoiserver.codec.gdoi import (
     KEKAttr,
     KEKKeyAttr,
     KeyPacketType,
+    LKHKeyAttr,
     Selector,
     SIDAttr,
     SigAlgorithm,
@@ -42,6 +43,8 @@ from gdoiserver.codec.gdoi import (
     TEKProtocol,
 )
 from gdoiserver.crypto import certs
+from gdoiserver.doi.gdoi import lkh_wire
+from gdoiserver.group import lkh
 from gdoiserver.group.policy import (
     COUNTER_MODE_TRANSFORMS,
     INTEGRITY_KEY_SIZES,
@@ -61,7 +64,8 @@ _TEK_ATTRS = frozenset({IPsecAttr.SA_LIFE_TYPE, IPsecAttr.SA_LIFE_DURATION, IPse
                         IPsecAttr.AUTHENTICATION_ALGORITHM, IPsecAttr.KEY_LENGTH, IPsecAttr.ADDRESS_PRESERVATION,
                         IPsecAttr.SA_DIRECTION})
 _KEK_ATTRS = frozenset({KEKAttr.KEK_ALGORITHM, KEKAttr.KEK_KEY_LENGTH, KEKAttr.KEK_KEY_LIFETIME,
-                        KEKAttr.SIG_HASH_ALGORITHM, KEKAttr.SIG_ALGORITHM, KEKAttr.SIG_KEY_LENGTH})
+                        KEKAttr.SIG_HASH_ALGORITHM, KEKAttr.SIG_ALGORITHM, KEKAttr.SIG_KEY_LENGTH,
+                        KEKAttr.KEK_ACK_REQUESTED})
 _SIG_HASHES = frozenset({SigHashAlgorithm.SIG_HASH_SHA256, SigHashAlgorithm.SIG_HASH_SHA384,
                          SigHashAlgorithm.SIG_HASH_SHA512})
 _SELECTOR_TYPES = frozenset({IDType.IPV4_ADDR, IDType.IPV6_ADDR, IDType.IPV4_ADDR_SUBNET, IDType.IPV6_ADDR_SUBNET})
@@ -105,8 +109,9 @@ class MemberPolicy:
 
 @attrs.frozen
 class KEKInfo:
-    """The rekey SA (RFC 6407 sections 5.3, 5.6.2): SPI, AES-CBC key, the key server's signature key, lifetime and
-    where rekeys come from and go (``source``, ``destination``)."""
+    """The rekey SA (RFC 6407 sections 5.3, 5.6.2): SPI, AES-CBC key, the key server's signature key, lifetime,
+    where rekeys come from and go (``source``, ``destination``) and whether the key server asks for
+    acknowledgements (RFC 8263: KEK_ACK_REQUESTED)."""
 
     spi: bytes
     algorithm: int
@@ -119,6 +124,7 @@ class KEKInfo:
     lifetime: int
     source: Selector
     destination: Selector
+    ack_requested: bool = False
 
 
 @attrs.frozen
@@ -149,7 +155,9 @@ class TEKInfo:
 @attrs.frozen
 class GroupRegistration:
     """What one GROUPKEY-PULL gave the member: the group's KEK and TEKs, the SEQ to accept rekeys after, the GAP
-    delays, the member's sender IDs, and when (``registered_at``, the caller's clock) and from whom."""
+    delays, the member's sender IDs, its LKH keys (``lkh_path``: :class:`gdoiserver.group.lkh.NodeKey` values, its
+    leaf ``lkh_leaf`` first, then each ancestor below the root), and when (``registered_at``, the caller's clock) and
+    from whom."""
 
     group: GroupId
     server: tuple[str, int]
@@ -162,6 +170,8 @@ class GroupRegistration:
     sender_id_bits: int | None = None
     sender_ids: tuple[int, ...] = ()
     pfs: bool = False
+    lkh_path: tuple = ()
+    lkh_leaf: int | None = None
 
     def expires_at(self, tek: TEKInfo) -> float:
         return self.registered_at + tek.lifetime
@@ -197,6 +207,7 @@ class OfferedKEK:
     signature_key_bits: int
     source: Selector
     destination: Selector
+    ack_requested: bool = False
 
 
 @attrs.frozen
@@ -290,15 +301,19 @@ def _kek(sak: SAK, policy: MemberPolicy) -> OfferedKEK:
         _refuse(NotifyType.NO_PROPOSAL_CHOSEN, f"{what}: no SIG_KEY_LENGTH")
     _check_selector(sak.src, f"{what} source")
     _check_selector(sak.dst, f"{what} destination")
-    return OfferedKEK(sak.spi, key_bits, lifetime, sig_alg, sig_hash, sig_bits, sak.src, sak.dst)
+    return OfferedKEK(sak.spi, key_bits, lifetime, sig_alg, sig_hash, sig_bits, sak.src, sak.dst,
+                      bool(a.get(KEKAttr.KEK_ACK_REQUESTED, 0)))
 
 
-def read_policy(sa: GroupSA, policy: MemberPolicy) -> OfferedPolicy:
-    """Check the SA payload of message 2 against the member's policy: SAK?, GAP?, SAT+ (RFC 6407 section 3.2)."""
+def read_policy(sa: GroupSA, policy: MemberPolicy, *, rekey: bool = False) -> OfferedPolicy:
+    """Check the SA payload of message 2 against the member's policy: SAK?, GAP?, SAT+ (RFC 6407 section 3.2).
+
+    With ``rekey`` (the SA of a GROUPKEY-PUSH) the SA may announce a new KEK alone (RFC 6407 section 4: a KEK
+    rekey or an eviction carries the SAK and no SAT)."""
     kinds = [p.payload_type for p in sa.payloads]
     if kinds.count(PayloadType.SAK) > 1 or kinds.count(PayloadType.GAP) > 1:
         _refuse(NotifyType.BAD_PROPOSAL_SYNTAX, "more than one SAK or GAP in the SA")
-    if not sa.teks:
+    if not sa.teks and not (rekey and sa.kek is not None):
         _refuse(NotifyType.BAD_PROPOSAL_SYNTAX, "the SA announces no TEK")
     teks = []
     for n, sat in enumerate(sa.teks, 1):
@@ -386,16 +401,67 @@ def _sender_ids(packets) -> tuple[int | None, tuple[int, ...]]:
     return bits, tuple(sids)
 
 
+def _lkh_path(path, key_size: int) -> tuple:
+    """A member's LKH path as downloaded: a leaf, then each ancestor up to a child of the root, keys of the KEK's
+    size."""
+    nodes = tuple(k.node for k in path)
+    leaf = nodes[0]
+    if not 2 <= leaf or len(nodes) > lkh.MAX_DEPTH or nodes != (leaf, *lkh.ancestors(leaf)[:-1]):
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"LKH nodes {list(nodes)} are no path from a leaf to the root")
+    if any(len(k.key) != key_size for k in path):
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"LKH keys not of the KEK's {key_size} octets")
+    return tuple(path)
+
+
+def _lkh(offered: OfferedPolicy, kd: KD, rekey: bool, lkh_path) -> tuple[tuple, lkh.NodeKey | None]:
+    """The member's LKH path after this KD, and the new root key an LKH update brings (RFC 6407 section 5.6.3).
+
+    GROUPKEY-PULL brings an LKH_DOWNLOAD_ARRAY, a PUSH (``rekey``) an LKH_UPDATE_ARRAY, which ``lkh_path`` (the
+    member's current path) must reach the root through.  Both under the SPI of the SA's KEK.
+    """
+    packets = kd.packets_of(KeyPacketType.LKH)
+    if not packets:
+        return (), None
+    o = offered.kek
+    if o is None:
+        _refuse(NotifyType.INVALID_SPI, "an LKH key packet, and no SAK in the SA")
+    if len(packets) != 1 or packets[0].spi != o.spi:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"the KD has no single LKH key packet for KEK {o.spi.hex()}")
+    kind = LKHKeyAttr.LKH_UPDATE_ARRAY if rekey else LKHKeyAttr.LKH_DOWNLOAD_ARRAY
+    value = _key_attrs(packets[0], {kind}, "LKH keys").get(kind)
+    if value is None:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"an LKH key packet without {kind.name}")
+    key_size = o.key_bits // 8
+    try:
+        if not rekey:
+            return _lkh_path(lkh_wire.decode_download_array(value), key_size), None
+        updates = lkh_wire.decode_update_array(value)
+    except DecodeError as e:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"{kind.name}: {e.reason}")
+    if not lkh_path:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, "an LKH update, and this member holds no LKH keys")
+    try:
+        path, root = lkh.member_update(tuple(lkh_path), updates)
+    except lkh.LKHError as e:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"LKH: {e}")
+    if len(root.key) != key_size:
+        _refuse(NotifyType.INVALID_KEY_INFORMATION, f"an LKH root key of {len(root.key)} octets, expected {key_size}")
+    return path, root
+
+
 def read_keys(offered: OfferedPolicy, kd: KD, seq: int | None, *, group: GroupId, server, now: float,
-              asked_sender_ids: int, pfs: bool) -> GroupRegistration:
-    """Check the KD of message 4 against the SA of message 2 and build the registration.
+              asked_sender_ids: int, pfs: bool, rekey: bool = False, lkh_path=()) -> GroupRegistration:
+    """Check the KD of message 4 (or, with ``rekey``, of a GROUPKEY-PUSH) against the SA and build the
+    registration.
 
     Each TEK announced has exactly one key packet of the right lengths, the KEK one with its signature key, no
     key packet is for anything else, a group with a KEK sends SEQ, and counter-mode TEKs come with sender IDs when
-    the member asked for them.
+    the member asked for them.  An LKH key packet gives the member's LKH path in GROUPKEY-PULL; in a PUSH it
+    updates ``lkh_path``, and the root it reaches is the new KEK's key, which the KEK key packet then leaves out
+    (RFC 6407 section 5.6.3).
     """
     for p in kd.key_packets:
-        if p.kd_type not in (KeyPacketType.TEK, KeyPacketType.KEK, KeyPacketType.SID):
+        if p.kd_type not in (KeyPacketType.TEK, KeyPacketType.KEK, KeyPacketType.SID, KeyPacketType.LKH):
             _refuse(NotifyType.INVALID_KEY_INFORMATION, f"key packet type {p.kd_type} is not supported")
     tek_packets: dict[bytes, object] = {}
     for p in kd.packets_of(KeyPacketType.TEK):
@@ -415,6 +481,7 @@ def read_keys(offered: OfferedPolicy, kd: KD, seq: int | None, *, group: GroupId
         mine = sids if t.transform_id in COUNTER_MODE_TRANSFORMS else ()
         teks.append(TEKInfo(t.spi, t.transform_id, t.key_bits, t.integrity_algorithm, enc, integrity, t.ip_protocol,
                             t.source, t.destination, t.mode, t.lifetime, t.address_preservation, t.direction, mine))
+    path, root = _lkh(offered, kd, rekey, lkh_path)
     kek_packets = kd.packets_of(KeyPacketType.KEK)
     kek = None
     if offered.kek is None:
@@ -425,7 +492,13 @@ def read_keys(offered: OfferedPolicy, kd: KD, seq: int | None, *, group: GroupId
         if len(kek_packets) != 1 or kek_packets[0].spi != o.spi:
             _refuse(NotifyType.INVALID_SPI, f"the KD has no single key packet for KEK {o.spi.hex()}")
         k = _key_attrs(kek_packets[0], {KEKKeyAttr.KEK_ALGORITHM_KEY, KEKKeyAttr.SIG_ALGORITHM_KEY}, "KEK keys")
-        key = k.get(KEKKeyAttr.KEK_ALGORITHM_KEY, b"")
+        key = k.get(KEKKeyAttr.KEK_ALGORITHM_KEY)
+        if root is not None:
+            if key is not None:
+                _refuse(NotifyType.INVALID_KEY_INFORMATION, "a KEK_ALGORITHM_KEY beside an LKH update of the root")
+            key = root.key
+        elif key is None:
+            _refuse(NotifyType.INVALID_KEY_INFORMATION, "no KEK_ALGORITHM_KEY")
         if len(key) != o.key_bits // 8:
             _refuse(NotifyType.INVALID_KEY_INFORMATION, f"KEK_ALGORITHM_KEY of {len(key)} octets, expected "
                     f"{o.key_bits // 8}")
@@ -433,11 +506,12 @@ def read_keys(offered: OfferedPolicy, kd: KD, seq: int | None, *, group: GroupId
         if seq is None:
             _refuse(NotifyType.PAYLOAD_MALFORMED, "a KEK without SEQ: the member cannot tell which rekeys are new")
         kek = KEKInfo(o.spi, KEKAlgorithm.KEK_ALG_AES, o.key_bits, key, o.signature_algorithm, o.signature_hash,
-                      o.signature_key_bits, spki, o.lifetime, o.source, o.destination)
+                      o.signature_key_bits, spki, o.lifetime, o.source, o.destination, o.ack_requested)
     return GroupRegistration(
         group=group, server=server, registered_at=now, teks=tuple(teks), kek=kek,
         seq=seq if kek is not None else None, activation_delay=offered.activation_delay,
         deactivation_delay=offered.deactivation_delay, sender_id_bits=bits, sender_ids=sids, pfs=pfs,
+        lkh_path=path, lkh_leaf=path[0].node if path else None,
     )
 
 
