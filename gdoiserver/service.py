@@ -34,6 +34,14 @@ class KeyServerDOI(GDOIPlugin):
         self.registered: dict[str, dict] = {}
         self.on_registered: list = []
         self.on_refused: list = []
+        #: False while the key store loads: GROUPKEY-PULL requests are dropped (the dispatcher counts
+        #: ``phase2_refused``; members retransmit), so that no registration hands out keys the store lacks.
+        self.ready = True
+
+    def responder(self, sa, first):
+        if not self.ready:
+            return None
+        return super().responder(sa, first)
 
     def established(self, sa, machine, result, now: float, rng) -> list:
         self.registered.setdefault(result.group, {})[(result.member, result.address)] = result

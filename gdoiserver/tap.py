@@ -8,8 +8,7 @@ from twisted.python import usage
 
 from gdoiserver.config import ConfigError, load_config, policy_from_config
 from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
-from gdoiserver.exchanges.factory import Phase1Factory
-from gdoiserver.service import GDOIService, gdoi_plugin
+from gdoiserver.service import gdoi_plugin
 
 DEFAULT_CONFIG = os.path.join("etc", "gdoiserver.toml")
 log = Logger()
@@ -23,25 +22,63 @@ class Options(usage.Options):
     ]
 
 
-def makeService(options: Options) -> GDOIService:
+def load(path: str):
+    """The configuration, its Phase 1 policy and its DOI plugins' checks, as start-up and ``gdoictl check-config``
+    run them; raises ConfigError."""
+    config = load_config(path)
+    policy = policy_from_config(config, path)
+    ipsec_plugin(config, path)
+    if config.groups:
+        gdoi_plugin(config, policy)
+    return config, policy
+
+
+def makeService(options: Options):
     """The key server configured from ``--config``.
 
     A configuration error ends the process here, before twistd daemonizes or redirects stderr, with one line on
     stderr and exit status EX_CONFIG (78): the error names the file, the key and the problem, and a traceback would
-    add nothing.
+    add nothing.  A key store that cannot be opened (permissions, a foreign or corrupt file, another process using
+    it) ends it with EX_CANTCREAT (73).  The service logs in ``server.log_format`` (text or JSON lines) to
+    twistd's log file.
     """
+    from gdoiserver.keyserver import KeyServer
+    from gdoiserver.logs import ObservedService, twistd_observer
+    from gdoiserver.store.base import StoreError
+
+    path = options["config"]
     try:
-        config = load_config(options["config"])
-        policy = policy_from_config(config, options["config"])
-        plugins = [ipsec_plugin(config, options["config"])]
+        config, policy = load(path)
     except ConfigError as e:
         print(f"gdoi: configuration error: {e}", file=sys.stderr)
         raise SystemExit(os.EX_CONFIG) from None
-    if config.groups:
-        plugins.append(gdoi_plugin(config, policy))
     from twisted.internet import reactor
 
-    log.info("configuration read from {path}", path=options["config"])
-    service = GDOIService(config, reactor, factory=Phase1Factory(policy), plugins=plugins)
-    service.exit_on_listen_error = True
-    return service
+    try:
+        key_server = KeyServer(config, reactor, policy, config_path=path, exit_on_error=True)
+    except StoreError as e:
+        print(f"gdoi: key store error (store.path): {e}", file=sys.stderr)
+        raise SystemExit(os.EX_CANTCREAT) from None
+    except ConfigError as e:
+        print(f"gdoi: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(os.EX_CONFIG) from None
+    log.info("configuration read from {path}", path=path)
+    parent = getattr(options, "parent", None)
+    top = ObservedService(twistd_observer(config.server.log_format, parent) if parent is not None else None)
+    key_server.setServiceParent(top)
+    top.key_server = key_server
+    _reload_on_sighup(key_server, reactor)
+    return top
+
+
+def _reload_on_sighup(key_server, reactor) -> None:
+    """SIGHUP reloads the configuration (as ``gdoictl reload``)."""
+    import signal
+
+    def on_hup(signum, frame):
+        reactor.callFromThread(lambda: key_server.reload().addErrback(lambda f: None))
+
+    try:
+        signal.signal(signal.SIGHUP, on_hup)
+    except ValueError:  # not the main thread (a test)
+        pass

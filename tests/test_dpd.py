@@ -262,6 +262,17 @@ class ProbeTests(unittest.TestCase):
         a.deliver(info.build(b.machine.sa, [r_u_there_ack(b.machine.sa, FIRST)], Random()))
         self.assertEqual((a.counts("dpd_ack_wrong_sequence"), a.machine.state), (1, "idle"))
 
+    def test_late_ack_after_traffic(self):
+        """When both sides probe after the same quiet time, the peer's R-U-THERE proves it alive first; its ACK
+        to our probe then arrives while idle: counted dpd_ack_late, not as a wrong sequence number."""
+        clock, a, b = pair(link=False)
+        elapse(clock, DELAY + 1)
+        self.assertEqual(a.machine.state, "probing")
+        a.machine.traffic_seen(clock.seconds())
+        a.deliver(info.build(b.machine.sa, [r_u_there_ack(b.machine.sa, FIRST)], Random()))
+        self.assertEqual((a.counts("dpd_ack_late"), a.counts("dpd_ack_wrong_sequence"), a.machine.state),
+                         (1, 0, "idle"))
+
     def test_traffic_during_probe(self):
         """Traffic seen while probing proves the peer alive: back to idle, next probe ``delay`` later."""
         clock, a, _ = pair(link=False)

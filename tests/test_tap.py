@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from gdoiserver.codec import Message, NotifyType, VendorID, decode_message
 from gdoiserver.config import load_config
+from gdoiserver.keyserver import KeyServer
 from gdoiserver.service import GDOIService
 from gdoiserver.tap import Options, makeService
 from tests.test_protocol import IKEV2_SA_INIT, MAIN_MODE_1
@@ -72,18 +73,22 @@ class MakeServiceTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_starts_and_stops(self):
-        """makeService on a port-0 loopback config binds IPv4 and IPv6 ports (ISAKMP and NAT-T) at start and releases
-        them at stop."""
+        """makeService on a port-0 loopback config makes the KeyServer tree, which binds IPv4 and IPv6 ports (ISAKMP
+        and NAT-T) and the control socket at start and releases them at stop."""
         service = makeService(self.options(write_config(self, LOOPBACK_PORT_0)))
-        self.assertIsInstance(service, GDOIService)
+        key_server = service.key_server
+        self.assertIsInstance(key_server, KeyServer)
+        self.assertIsInstance(key_server.transport, GDOIService)
         service.startService()
         try:
-            hosts = service.addresses()
+            hosts = key_server.transport.addresses()
             self.assertEqual(sorted(h.host for h in hosts), ["127.0.0.1", "127.0.0.1", "::1", "::1"])
             self.assertTrue(all(h.port > 0 for h in hosts), hosts)
+            self.assertTrue(os.path.exists("gdoiserver.sock"))
         finally:
             yield service.stopService()
-        self.assertEqual(service.addresses(), [])
+        self.assertEqual(key_server.transport.addresses(), [])
+        self.assertFalse(os.path.exists("gdoiserver.sock"))
 
     def test_bad_config_exits(self):
         """A bad config ends makeService with exit status 78 (EX_CONFIG) and one line naming file, key and problem."""

@@ -164,8 +164,12 @@ class DPD:
 
     def _acknowledged(self, sequence: int, now: float) -> list:
         sent = (self._next_sequence - self._round_first) % _SEQ
-        if self.state != "probing" or (sequence - self._round_first) % _SEQ >= sent:
+        if (sequence - self._round_first) % _SEQ >= sent:
             return [Count("dpd_ack_wrong_sequence")]
+        if self.state != "probing":
+            # An answer to a probe of ours after other traffic (the peer's own R-U-THERE, when both sides probe
+            # after the same quiet time) already proved the peer alive: expected, and nothing more to do.
+            return [Count("dpd_ack_late")]
         self.last_traffic = max(self.last_traffic, now)
         return [Count("dpd_ack")] + self._alive()
 

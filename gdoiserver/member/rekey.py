@@ -172,7 +172,9 @@ class GroupRekey:
         digest = hashlib.sha256(datagram).digest()
         last = self._recent.get(digest)
         if last is not None:
-            out = [Count(push.REPLAY), Count(DUPLICATE),
+            # A retransmitted copy (or a copy of a multicast PUSH also sent by unicast) is expected: counted as a
+            # duplicate, not as a replay, and acknowledged again.
+            out = [Count(DUPLICATE),
                    Rejected(f"a copy of an accepted PUSH (SEQ {last.seq})", DUPLICATE)]
             return out + self._acknowledge(last.kek_spi, last.seq, last.source if multicast else peer, last.ack)
         try:

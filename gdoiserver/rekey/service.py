@@ -745,7 +745,8 @@ class RekeyService:
         member the ACK came from, and stop sending that rekey to it.  Never raises; what does not hold is counted
         as ``rekey_ack_bad``."""
         try:
-            ack = read_ack(message if message is not None else raw)
+            # The listener decoded ``message`` under the IPsec DOI; an ACK's payloads are GDOI's (SEQ): read ``raw``.
+            ack = read_ack(raw)
             group = self.groups.lookup(GroupId.from_identification(ack.group_id))
         except DecodeError:
             self.counters["rekey_ack_bad"] += 1
