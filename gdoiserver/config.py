@@ -344,9 +344,14 @@ def socket_path(value, key) -> str:
 @attrs.frozen
 class Control:
     """The operator's control socket (``gdoictl``): a UNIX socket made with mode 0600, in a directory made with mode
-    0700 when it does not exist.  A relative path is relative to the cwd."""
+    0700 when it does not exist.  A relative path is relative to the cwd.  Unset: no control socket (the example
+    configs set ``DEFAULT_CONTROL_SOCKET``, where ``gdoictl`` looks by default)."""
 
-    socket: str = setting(socket_path, default="gdoiserver.sock")
+    socket: str | None = setting(socket_path, default=None)
+
+
+#: Where the example configs put the control socket, and where gdoictl looks without --socket or --config.
+DEFAULT_CONTROL_SOCKET = "/run/gdoiserver/gdoiserver.sock"
 
 
 def loopback_endpoint(value, key) -> str:

@@ -135,6 +135,8 @@ def twistd_stream(logfile_option: str | None, nodaemon: bool) -> TextIO:
 def twistd_observer(log_format: str, twistd_options) -> RedactingObserver | None:
     """The observer for a twistd run: ``twistd_options`` are twistd's ServerOptions (a plugin's options'
     ``.parent``).  None when twistd should choose (``--syslog`` or ``--logger`` given)."""
+    if "nodaemon" not in twistd_options:  # twist (python -m twisted): it has --log-format text|json of its own
+        return None
     if twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
     return observer_for(log_format, twistd_stream(twistd_options.get("logfile"), twistd_options.get("nodaemon")))

@@ -233,9 +233,9 @@ class SchemaHelperTests(unittest.TestCase):
 
 class ControlMetricsConfigTests(unittest.TestCase):
     def test_defaults(self):
-        """Without [control] and [metrics]: the control socket gdoiserver.sock in the cwd, and no metrics endpoint."""
+        """Without [control] and [metrics]: no control socket and no metrics endpoint."""
         config = parse_config({})
-        self.assertEqual(config.control.socket, "gdoiserver.sock")
+        self.assertIsNone(config.control.socket)
         self.assertIsNone(config.metrics.listen)
         self.assertIsNone(config.metrics.endpoint())
 

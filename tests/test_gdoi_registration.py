@@ -148,7 +148,8 @@ class Files:
         auth = "psk" if certificates is None else ("rsa" if certificates.kind == "rsa2048" else "ecdsa")
         lines = ["[server]", "nat_t_port = 0", f'listen = [{{ address = "{address}", port = {port} }}]',
                  "[ike]", f'proposals = [{{ encryption = "aes128", hash = "sha256", group = 19, auth = "{auth}" }}]',
-                 "halfopen_per_peer = 256", "halfopen_total = 1024", "[[peers]]", f'address = "{peer}"']
+                 "halfopen_per_peer = 256", "halfopen_total = 1024", "[store]", f'path = "{self.path("state.db")}"',
+                 "[[peers]]", f'address = "{peer}"']
         if certificates is None:
             lines.append(f'psk_file = "{self.psk}"')
         else:

@@ -105,7 +105,7 @@ class CheckConfigTests(unittest.TestCase):
         rc, out, err = self.check(path)
         self.assertEqual((rc, err), (0, ""))
         self.assertEqual(out, f"{path}: OK: key server, 1 listen addresses, 2 Phase 1 proposals, 1 peers, 1 groups "
-                         "(video), control socket gdoiserver.sock, metrics 127.0.0.1:9848\n")
+                         "(video), control socket off, metrics 127.0.0.1:9848\n")
 
     def test_good_member(self):
         """A member configuration is told by its content ([[key_servers]]) and checked as the member's start-up

@@ -75,7 +75,7 @@ class MakeServiceTests(unittest.TestCase):
     def test_starts_and_stops(self):
         """makeService on a port-0 loopback config makes the KeyServer tree, which binds IPv4 and IPv6 ports (ISAKMP
         and NAT-T) and the control socket at start and releases them at stop."""
-        service = makeService(self.options(write_config(self, LOOPBACK_PORT_0)))
+        service = makeService(self.options(write_config(self, LOOPBACK_PORT_0 + '[control]\nsocket = "gdoiserver.sock"\n')))
         key_server = service.key_server
         self.assertIsInstance(key_server, KeyServer)
         self.assertIsInstance(key_server.transport, GDOIService)

@@ -26,12 +26,12 @@ import time
 import urllib.parse
 from typing import Any
 
-from gdoiserver.config import ConfigError, Control, Invalid, read_toml, table
+from gdoiserver.config import DEFAULT_CONTROL_SOCKET, ConfigError, Control, Invalid, read_toml, table
 
 EX_REFUSED = 1
 EX_UNAVAILABLE = getattr(os, "EX_UNAVAILABLE", 69)
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)
-DEFAULT_SOCKET = Control().socket
+DEFAULT_SOCKET = DEFAULT_CONTROL_SOCKET
 API = "/v1"
 
 
@@ -310,7 +310,7 @@ def _check_server(data: dict, path: str) -> str:
     return (f"{path}: OK: key server, {len(config.server.listen)} listen addresses, {len(config.ike.proposals)} "
             f"Phase 1 proposals, {len(config.peers)} peers, {len(config.groups)} groups"
             + (f" ({groups})" if groups else "")
-            + f", control socket {config.control.socket}, metrics {config.metrics.listen or 'off'}")
+            + f", control socket {config.control.socket or 'off'}, metrics {config.metrics.listen or 'off'}")
 
 
 def _check_member(data: dict, path: str) -> str:
