@@ -26,7 +26,7 @@ from gdoiserver.net.protocol import Dispatcher, ISAKMPProtocol, format_address
 
 class KeyServerDOI(GDOIPlugin):
     """The GDOI plugin as the key server runs it: it remembers who registered in which group (``registered``:
-    group name -> (member, address) -> :class:`~gdoiserver.doi.gdoi.pull.MemberRegistered`) and tells
+    group name -> member identity -> :class:`~gdoiserver.doi.gdoi.pull.MemberRegistered`) and tells
     ``on_registered`` and ``on_refused`` of each registration and refusal."""
 
     def __init__(self, key_server=None):
@@ -44,7 +44,9 @@ class KeyServerDOI(GDOIPlugin):
         return super().responder(sa, first)
 
     def established(self, sa, machine, result, now: float, rng) -> list:
-        self.registered.setdefault(result.group, {})[(result.member, result.address)] = result
+        # The latest registration of each member (by identity: a member that comes back from another address
+        # replaces its entry, so the table does not grow with address changes).
+        self.registered.setdefault(result.group, {})[result.member] = result
         for hook in self.on_registered:
             hook(result)
         return [Count("gdoi_registered")]
