@@ -7,7 +7,9 @@ rekey service restores each group's keys, SEQ and members; until that is done GR
 (counted ``pull_not_ready``; members retransmit), so no registration hands out keys the store does not hold.
 """
 
+import ipaddress
 import os
+import socket
 from collections import Counter
 
 import attrs
@@ -22,6 +24,7 @@ from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
 from gdoiserver.exchanges.factory import Phase1Factory
 from gdoiserver.group.policy import identity_text
 from gdoiserver.net.protocol import format_address
+from gdoiserver.rekey.delivery import MulticastSender, outgoing_interface
 from gdoiserver.rekey.service import RekeyError, RekeyService
 from gdoiserver.service import GDOIService, KeyServerDOI, gdoi_plugin
 
@@ -69,7 +72,7 @@ class KeyServer(MultiService):
             self.store = store
             self.rekeying = RekeyService(self.gdoi.key_server.groups, store, self.clock, rng, self._send_unicast,
                                       self.counters, keylog=self.transport.keylog,
-                                      seq_block=config.store.seq_block)
+                                      seq_block=config.store.seq_block, multicast=self._multicast_sender)
             self.gdoi.key_server = attrs.evolve(self.gdoi.key_server, leaf_for=self.rekeying.leaf_for,
                                                 is_evicted=self.rekeying.is_evicted)
             self.gdoi.on_registered.append(self.rekeying.member_registered)
@@ -132,6 +135,19 @@ class KeyServer(MultiService):
             self.counters["rekey_no_listener"] += 1
             return
         best.send(datagram, peer)
+
+    def _multicast_sender(self, rekey):
+        """Multicast rekeys leave from the listener bound to the SAK's SRC (``rekey.source``:``source_port``, 848
+        by default) when there is one, so that members see them come from the port they acknowledge to; else from a
+        socket of their own."""
+        for protocol in self.transport.protocols:
+            if protocol.is_nat_t:
+                continue
+            host, port = protocol.local_address
+            if port == rekey.source_port and _same_address(host, rekey.source):
+                return ListenerMulticast(protocol, rekey)
+        return MulticastSender(rekey.multicast_address, rekey.multicast_port, rekey.ttl, rekey.interface,
+                               rekey.source)
 
     # --- KeyServerControl -------------------------------------------------------------------------------------------
 
@@ -265,6 +281,45 @@ class KeyServer(MultiService):
                       path=self.config_path, changed=", ".join(changed) or "nothing",
                       unchanged=", ".join(unchanged) or "nothing", restart=", ".join(restart) or "nothing")
         return {"changed": changed, "unchanged": unchanged, "restart_required": restart}
+
+
+def _same_address(a: str, b) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(str(b))
+    except ValueError:
+        return False
+
+
+class ListenerMulticast:
+    """Sends a group's multicast rekeys through an ISAKMP listener's own socket: before each copy it sets the
+    group's TTL (hop limit), outgoing interface and loopback on that socket, which only multicast sends read."""
+
+    def __init__(self, protocol, rekey):
+        self.protocol = protocol
+        self.address = ipaddress.ip_address(rekey.multicast_address)
+        self.port = rekey.multicast_port
+        v4 = self.address.version == 4
+        level = socket.IPPROTO_IP if v4 else socket.IPPROTO_IPV6
+        self._options = [
+            (level, socket.IP_MULTICAST_TTL if v4 else socket.IPV6_MULTICAST_HOPS, rekey.ttl),
+            (level, socket.IP_MULTICAST_LOOP if v4 else socket.IPV6_MULTICAST_LOOP, 1),
+        ]
+        option = outgoing_interface(self.address, rekey.interface)  # ValueError for an unknown interface
+        if option is not None:
+            self._options.append(option)
+        self.closed = False
+
+    def send(self, datagram: bytes) -> None:
+        transport = self.protocol.transport
+        if self.closed or transport is None:
+            raise OSError("the listener is closed")
+        sock = transport.socket
+        for option in self._options:
+            sock.setsockopt(*option)
+        sock.sendto(datagram, (str(self.address), self.port))
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _Clocked:

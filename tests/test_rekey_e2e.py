@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.trial import unittest
 
 from gdoiserver.config import parse_config, policy_from_config
-from gdoiserver.keyserver import KeyServer, _Clocked
+from gdoiserver.keyserver import KeyServer, ListenerMulticast, _Clocked
 from gdoiserver.member.config import parse_member_config
 from gdoiserver.member.service import GroupMember
 from gdoiserver.store.sqlite import SQLiteStore
@@ -219,6 +219,8 @@ class EndToEndTests(unittest.TestCase):
         rekeys included; each new TEK is installed at once while the old one stays until the GAP's deactivation
         delay after the PUSH, so a member always holds a TEK of the key server's newest generation; SEQs rise
         strictly; the unicast group's members acknowledge every rekey (RFC 8263)."""
+        # Multicast rekeys leave from the key server's listener, the SAK's SRC that members acknowledge to.
+        self.assertIsInstance(self.ks.rekeying.runs[MC].delivery.multicast, ListenerMulticast)
         seen = {MC: [], UC: []}
         kek_spis = {MC: set(), UC: set()}
         end = self.clock.seconds() + 4 * 3600
