@@ -247,7 +247,7 @@ class KeyServer(MultiService):
             raise ValueError(f"configuration error, nothing changed: {e}") from None
         old = self.config
         changed, unchanged, restart = [], [], []
-        for section in ("server", "store", "control", "metrics", "keylog", "ipsec"):
+        for section in ("server", "store", "control", "metrics", "keylog", "ipsec", "limits"):
             (restart if getattr(old, section) != getattr(new, section) else unchanged).append(section)
         for section in ("ike", "peers", "identity", "security"):
             (changed if getattr(old, section) != getattr(new, section) else unchanged).append(section)
@@ -273,6 +273,8 @@ class KeyServer(MultiService):
             group = next(g for g in table.groups if g.policy.name == name)
             group.policy = after
             group.keys.policy = after
+            if before.rekey != after.rekey and self.rekeying is not None:
+                self.rekeying.reconfigure(name)
             changed.append(f"groups.{name}")
         self.config = attrs.evolve(new, groups=tuple(
             new_groups[g] if f"groups.{g}" in changed else old_groups[g] for g in old_groups))

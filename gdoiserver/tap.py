@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from gdoiserver.config import ConfigError, load_config, policy_from_config
 from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
+from gdoiserver.doi.ipsec.sa_sink import SinkError
 from gdoiserver.service import gdoi_plugin
 
 DEFAULT_CONFIG = os.path.join("etc", "gdoiserver.toml")
@@ -27,7 +28,10 @@ def load(path: str):
     run them; raises ConfigError."""
     config = load_config(path)
     policy = policy_from_config(config, path)
-    ipsec_plugin(config, path)
+    try:
+        ipsec_plugin(config, path)
+    except SinkError as e:  # [ipsec] xfrm = true where the kernel cannot take SAs
+        raise ConfigError(path, "ipsec.xfrm", str(e)) from None
     if config.groups:
         gdoi_plugin(config, policy)
     return config, policy

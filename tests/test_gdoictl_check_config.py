@@ -3,11 +3,14 @@
 
 import io
 import os
+import sqlite3
 import sys
 
-from twisted.internet import defer, utils
+from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
+from gdoiserver.store.sqlite import SQLiteStore
+from gdoiserver.tap import Options, makeService
 from gdoiserver.tools import gdoictl
 from tests import pki
 
@@ -64,7 +67,9 @@ listen = [ { address = "127.0.0.1", port = 0 } ]
 """
 
 
-class CheckConfigTests(unittest.TestCase):
+class ConfigFiles(unittest.TestCase):
+    """A temp directory with a PSK file and a KEK signing key (mode 0600), and configurations written there."""
+
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.mkdir(self.dir)
@@ -84,6 +89,8 @@ class CheckConfigTests(unittest.TestCase):
             f.write(text.replace("{psk}", self.psk).replace("{signing}", self.signing))
         return path
 
+
+class CheckConfigTests(ConfigFiles):
     def check(self, *argv) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         rc = gdoictl.main(["check-config", *argv], out, err)
@@ -167,6 +174,33 @@ class CheckConfigTests(unittest.TestCase):
         text = SERVER + '\n[[ipsec.policies]]\nproposals = ["aes128-sha256-modp1024"]\n'
         self.assertIn("ipsec.policies[0].proposals[0]: ", self.error(text) + ": ")
 
+    def test_xfrm_sinks_as_startup(self):
+        """The SA sinks are made as start-up makes them: ``xfrm = true`` passes where the kernel takes SAs, and is
+        an error at ``sink.xfrm`` (member) or ``ipsec.xfrm`` (key server) naming the reason where it does not; the
+        member's start-up (``twistd gdoi-member``) agrees."""
+        from gdoiserver.doi.ipsec.xfrm import xfrm_unavailable
+        from gdoiserver.member import tap as member_tap
+
+        reason = xfrm_unavailable()
+        member = self.write(MEMBER + "\n[sink]\nxfrm = true\n", "member.toml")
+        server = self.write(SERVER + "\n[ipsec]\nxfrm = true\n", "server.toml")
+        options = member_tap.Options()
+        options.parseOptions(["--config", member])
+        if reason is None:
+            self.assertEqual(self.check(member)[0], 0)
+            self.assertEqual(self.check(server)[0], 0)
+            member_tap.makeService(options).sink.close()
+            return
+        self.assertEqual(self.check(member), (78, "", f"{PREFIX}{member}: sink.xfrm: cannot install group SAs in the "
+                                                      f"kernel: {reason}\n"))
+        self.assertEqual(self.check(server), (78, "", f"{PREFIX}{server}: ipsec.xfrm: cannot install SAs in the "
+                                                      f"kernel: {reason}\n"))
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.assertEqual(self.assertRaises(SystemExit, member_tap.makeService, options).code, 78)
+        self.assertEqual(stderr.getvalue(), f"gdoi-member: configuration error: {member}: sink.xfrm: cannot install "
+                                            f"group SAs in the kernel: {reason}\n")
+
     def test_unreadable_and_bad_toml(self):
         """A file that is missing or not TOML is an error naming it."""
         missing = os.path.join(self.dir, "missing.toml")
@@ -188,3 +222,97 @@ class CheckConfigTests(unittest.TestCase):
             sys.executable, ["-m", "gdoiserver.tools.gdoictl", "check-config", good], env=env, path=REPO)
         self.assertEqual(code, 0, err)
         self.assertTrue(out.startswith(f"{good}: OK: key server".encode()))
+
+
+class StoreTests(ConfigFiles):
+    """check-config opens no key store, but finds what would stop start-up from opening it (exit 73, EX_CANTCREAT,
+    in start-up's words) without creating, locking or writing anything."""
+
+    def config(self, store: str) -> str:
+        return self.write(SERVER + f'\n[store]\npath = "{store}"\n')
+
+    def check(self, path: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        rc = gdoictl.main(["check-config", path], out, err)
+        return rc, out.getvalue(), err.getvalue()
+
+    def startup_error(self, path: str) -> str:
+        """What ``twistd gdoi`` prints for the configuration at ``path`` before it exits 73."""
+        options = Options()
+        options.parseOptions(["--config", path])
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        e = self.assertRaises(SystemExit, makeService, options)
+        self.assertEqual(e.code, os.EX_CANTCREAT)
+        return stderr.getvalue()
+
+    def assertStoreRefused(self, store: str, problem: str) -> None:
+        path = self.config(store)
+        rc, out, err = self.check(path)
+        self.assertEqual((rc, out), (73, ""), err)
+        self.assertEqual(err, f"gdoictl: key store error (store.path): {problem}\n")
+        self.assertEqual(self.startup_error(path), f"gdoi: key store error (store.path): {problem}\n",
+                         "start-up says the same")
+
+    def test_loose_mode(self):
+        """A store file that group or others may read is refused, naming the file, its mode and the fix."""
+        store = os.path.join(self.dir, "state.db")
+        with open(store, "wb"):
+            pass
+        os.chmod(store, 0o644)
+        self.assertStoreRefused(store, f"{store}: the key store holds keys but has mode 0644; group and others must "
+                                       f"have no access (chmod 600 {store})")
+
+    def test_foreign_database(self):
+        """An SQLite file that is not a gdoiserver store is refused."""
+        store = os.path.join(self.dir, "other.db")
+        with sqlite3.connect(store) as db:
+            db.execute("CREATE TABLE t (x)")
+        db.close()
+        os.chmod(store, 0o600)
+        self.assertStoreRefused(store, f"{store}: an SQLite database but not a gdoiserver key store")
+
+    def test_not_a_database(self):
+        """A file that is not SQLite at all is refused."""
+        store = os.path.join(self.dir, "junk.db")
+        with open(os.open(store, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(b"not a database, " * 512)
+        self.assertStoreRefused(store, f"{store}: not a gdoiserver key store (not an SQLite database, or corrupt: "
+                                       "file is not a database)")
+
+    def test_directory_cannot_be_made(self):
+        """A store below a regular file: its directory cannot be made."""
+        blocker = os.path.join(self.dir, "blocker")
+        with open(blocker, "w"):
+            pass
+        store = os.path.join(blocker, "sub", "state.db")
+        self.assertStoreRefused(store, f"{blocker}/sub: cannot create the key store's directory: Not a directory")
+
+    def test_missing_store_untouched(self):
+        """A store that does not exist yet is fine where it can be made, and check-config does not make it (nor
+        its directories)."""
+        store = os.path.join(self.dir, "new", "deeper", "state.db")
+        rc, out, err = self.check(self.config(store))
+        self.assertEqual((rc, err), (0, ""))
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "new")))
+
+    def test_store_in_use(self):
+        """The store of a running key server (held in SQLite's exclusive lock) passes, and is left as it was."""
+        store = os.path.join(self.dir, "live.db")
+        live = SQLiteStore(store, reactor)
+        self.addCleanup(live.close)
+        path = self.config(store)
+        before = {name: os.stat(os.path.join(self.dir, name)).st_mtime_ns for name in os.listdir(self.dir)}
+        rc, out, err = self.check(path)
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual({name: os.stat(os.path.join(self.dir, name)).st_mtime_ns for name in os.listdir(self.dir)},
+                         before)
+
+    def test_group_without_kek(self):
+        """Without a rekeyed group the key server opens no store, so a bad store path does not matter."""
+        blocker = os.path.join(self.dir, "blocker")
+        with open(blocker, "w"):
+            pass
+        text = SERVER.split("[groups.kek]")[0] + f'\n[store]\npath = "{blocker}/state.db"\n'
+        rc, out, err = self.check(self.write(text))
+        self.assertEqual((rc, err), (0, ""))

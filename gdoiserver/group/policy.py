@@ -319,11 +319,17 @@ def signature_algorithm(key) -> SigAlgorithm:
     raise ValueError(f"a {type(key).__name__} cannot sign rekeys: RSA or ECDSA P-256/384/521")
 
 
+def _same_private_key(a, b) -> bool:
+    """Two private keys are the same key (a reloaded file gives a new object for the same key)."""
+    return type(a) is type(b) and a.private_numbers() == b.private_numbers()
+
+
 @attrs.frozen
 class KEKPolicy:
     """The rekey SA: AES-CBC under the KEK, messages signed with the key server's ``signature_key``."""
 
-    signature_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = attrs.field(repr=False)
+    signature_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = attrs.field(
+        repr=False, eq=attrs.cmp_using(eq=_same_private_key), hash=False)
     key_bits: int = 128
     signature_hash: str = "sha256"
     lifetime: int = 86400

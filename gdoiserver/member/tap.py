@@ -7,8 +7,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gdoiserver.config import ConfigError
-from gdoiserver.doi.ipsec.sa_sink import SinkError
 from gdoiserver.member.config import load_member_config
+from gdoiserver.member.sink import SinkError, sink_for
 
 DEFAULT_CONFIG = os.path.join("etc", "member.toml")
 log = Logger()
@@ -23,18 +23,30 @@ class Options(usage.Options):
     ]
 
 
+def load(path: str):
+    """The member's checked configuration and its SA sink, as start-up and ``gdoictl check-config`` make them; a
+    sink that cannot work (the kernel refuses XFRM) is a :class:`ConfigError` at ``sink.xfrm``.  The caller owns
+    the sink (``close()`` it when not used)."""
+    setup = load_member_config(path)
+    try:
+        sink = sink_for(setup.config.sink)
+    except SinkError as e:
+        raise ConfigError(path, "sink.xfrm", str(e)) from None
+    return setup, sink
+
+
 def makeService(options: Options):
-    """The group member configured from ``--config``.  A configuration error, or a sink that cannot work (the
-    kernel refuses XFRM), ends the process here with one line on stderr and exit status EX_CONFIG (78)."""
+    """The group member configured from ``--config``.  A configuration error, or a sink that cannot work, ends the
+    process here with one line on stderr and exit status EX_CONFIG (78)."""
     from gdoiserver.member.service import GroupMember
 
     try:
-        setup = load_member_config(options["config"])
-        from twisted.internet import reactor
-
-        member = GroupMember(setup, reactor)
-    except (ConfigError, SinkError) as e:
+        setup, sink = load(options["config"])
+    except ConfigError as e:
         print(f"gdoi-member: configuration error: {e}", file=sys.stderr)
         raise SystemExit(os.EX_CONFIG) from None
+    from twisted.internet import reactor
+
+    member = GroupMember(setup, reactor, sink=sink)
     log.info("configuration read from {path}", path=options["config"])
     return member

@@ -191,6 +191,20 @@ class RekeyService:
         return defer.gatherResults([run.lock.run(lambda: None) for run in self.runs.values()]).addCallback(
             lambda _: None)
 
+    def reconfigure(self, group_name: str) -> defer.Deferred:
+        """The group's rekey transport changed (a reload): later rekeys go out by a delivery built from it, and
+        staleness counts with its ``stale_after``.  Copies of a rekey still being retransmitted stop here."""
+        run = self._run(group_name)
+
+        def swap():
+            rekey = run.group.policy.rekey
+            run.members.stale_after = rekey.stale_after if rekey else 3
+            if run.delivery is not None:
+                run.delivery.stop()
+                run.delivery = self._delivery(run)
+
+        return run.lock.run(swap)
+
     def _delivery(self, run: GroupRun) -> Delivery:
         rekey = run.group.policy.rekey
         sender = self.multicast(rekey) if rekey.multicast_address is not None else None

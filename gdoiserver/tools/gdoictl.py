@@ -12,7 +12,8 @@ configuration files.
       check-config FILE         check a key server or member configuration (offline), as start-up does
 
 Exit status: 0 done; 1 the daemon refused (the message says why); 69 (EX_UNAVAILABLE) the socket cannot be
-reached; 78 (EX_CONFIG) check-config found an error.  The JSON API is HTTP over the UNIX socket
+reached; 78 (EX_CONFIG) check-config found an error; 73 (EX_CANTCREAT) check-config found the key store unusable
+(as start-up would: the configuration itself is good).  The JSON API is HTTP over the UNIX socket
 (:mod:`gdoiserver.control.api`); this client needs only the standard library.  No answer holds key material.
 """
 
@@ -31,6 +32,7 @@ from gdoiserver.config import DEFAULT_CONTROL_SOCKET, ConfigError, Control, Inva
 EX_REFUSED = 1
 EX_UNAVAILABLE = getattr(os, "EX_UNAVAILABLE", 69)
 EX_CONFIG = getattr(os, "EX_CONFIG", 78)
+EX_CANTCREAT = getattr(os, "EX_CANTCREAT", 73)
 DEFAULT_SOCKET = DEFAULT_CONTROL_SOCKET
 API = "/v1"
 
@@ -283,29 +285,33 @@ def is_member_config(data: dict) -> bool:
     return any(name in data for name in only_member)
 
 
+class StoreProblem(Exception):
+    """The key store a valid configuration names cannot be opened: start-up would end with EX_CANTCREAT (73)."""
+
+
 def check_config(path: str, member: bool | None = None) -> str:
-    """Check the configuration at ``path`` as start-up does; the one-line summary, or :class:`ConfigError`.
-    ``member``: True or False forces the kind; None tells it by content."""
-    data = read_toml(path)
+    """Check the configuration at ``path`` with the checks start-up runs (:func:`gdoiserver.tap.load`, or
+    :func:`gdoiserver.member.tap.load`); the one-line summary, or :class:`ConfigError`, or :class:`StoreProblem`
+    when the key store could not be opened.  ``member``: True or False forces the kind; None tells it by content."""
     if member is None:
-        member = is_member_config(data)
-    return _check_member(data, path) if member else _check_server(data, path)
+        member = is_member_config(read_toml(path))
+    return _check_member(path) if member else _check_server(path)
 
 
-def _check_server(data: dict, path: str) -> str:
-    from gdoiserver.config import parse_config, policy_from_config
-    from gdoiserver.doi.ipsec.plugin import from_config as ipsec_plugin
+def _check_server(path: str) -> str:
     from gdoiserver.doi.ipsec.sa_sink import SinkError
-    from gdoiserver.service import gdoi_plugin
+    from gdoiserver.store.base import StoreError
+    from gdoiserver.tap import load
 
-    config = parse_config(data, path)
-    policy = policy_from_config(config, path)
     try:
-        ipsec_plugin(config, path)
-    except SinkError as e:
+        config, _ = load(path)
+    except SinkError as e:  # [ipsec] xfrm = true where the kernel cannot take SAs
         raise ConfigError(path, "ipsec.xfrm", str(e)) from None
-    if config.groups:
-        gdoi_plugin(config, policy)
+    if any(g.kek is not None for g in config.groups):  # the key server opens its store only for rekeyed groups
+        try:
+            check_store(config.store.path)
+        except StoreError as e:
+            raise StoreProblem(str(e)) from None
     groups = ", ".join(g.name for g in config.groups)
     return (f"{path}: OK: key server, {len(config.server.listen)} listen addresses, {len(config.ike.proposals)} "
             f"Phase 1 proposals, {len(config.peers)} peers, {len(config.groups)} groups"
@@ -313,20 +319,70 @@ def _check_server(data: dict, path: str) -> str:
             + f", control socket {config.control.socket or 'off'}, metrics {config.metrics.listen or 'off'}")
 
 
-def _check_member(data: dict, path: str) -> str:
-    from gdoiserver.member.config import parse_member_config
-    from gdoiserver.member.sink import SinkError, sink_for
+def _check_member(path: str) -> str:
+    from gdoiserver.member.tap import load
 
-    setup = parse_member_config(data, path)
+    setup, sink = load(path)
+    sink.close()
     config = setup.config
-    try:
-        sink_for(config.sink)
-    except SinkError as e:
-        raise ConfigError(path, "sink.xfrm", str(e)) from None
     auth = "certificate" if config.auth.certificate is not None else "pre-shared key"
     groups = ", ".join(str(g) for g in config.groups)
     return (f"{path}: OK: group member, {len(config.key_servers)} key servers, {len(config.groups)} groups "
             f"({groups}), {auth}, Phase 1 {config.member.mode} mode")
+
+
+def check_store(path: str) -> None:
+    """What opening the key store at ``path`` checks before it changes anything (:mod:`gdoiserver.store.sqlite`),
+    with nothing created, locked or written, so that it may run beside the daemon that holds the store.  Raises
+    StoreError in start-up's words."""
+    import sqlite3
+
+    from gdoiserver.store import sqlite
+    from gdoiserver.store.base import StoreError
+
+    path = os.path.abspath(path)
+    directory = existing = os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing != directory:  # start-up makes the missing directories (mode 0700)
+        first = os.path.join(existing, os.path.relpath(directory, existing).split(os.sep)[0])
+        if not os.path.isdir(existing):
+            raise StoreError(f"{first}: cannot create the key store's directory: Not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreError(f"{first}: cannot create the key store's directory: Permission denied")
+        return
+    if not os.path.lexists(path):
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise StoreError(f"{path}: cannot create the key store: Permission denied")
+        return
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: a symbolic link to a missing file; give the key store's real path")
+    for name in (path, *(path + side for side in sqlite._SIDE_FILES)):
+        sqlite._refuse_loose(name)  # a regular file, and no access for group or others
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path}: cannot use the key store: Permission denied")
+    if os.stat(path).st_size == 0:
+        return  # made by a start-up that stopped before SQLite wrote to it: a fresh store
+    # immutable=1: no lock taken, no WAL or SHM file made (the running daemon's latest transactions may be missing:
+    # only the file's identity and schema version are read).
+    uri = "file:" + urllib.parse.quote(path) + "?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+            tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if application_id == 0 and tables == 0:
+                return
+            if application_id != sqlite.APPLICATION_ID:
+                raise StoreError(f"{path}: an SQLite database but not a gdoiserver key store")
+            rows = connection.execute("SELECT version FROM schema_version").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: not a gdoiserver key store (not an SQLite database, or corrupt: {e})") from None
+    if rows != [(sqlite.SCHEMA_VERSION,)]:
+        found = rows[0][0] if len(rows) == 1 else f"{len(rows)} versions"
+        raise StoreError(f"{path}: key store schema {found}, this gdoiserver knows {sqlite.SCHEMA_VERSION}")
 
 
 # --- the command line ----------------------------------------------------------------------------------------------
@@ -372,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
     top = _common_options(argparse.ArgumentParser(
         prog="gdoictl", description="Control a running gdoiserver over its UNIX socket, or check a configuration "
         "file.", epilog="Exit status: 0 done, 1 refused by the daemon, 69 socket unreachable, 78 configuration "
-        "error."), top=True)
+        "error, 73 key store unusable (check-config)."), top=True)
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
@@ -408,6 +464,9 @@ def main(argv: list[str] | None = None, out=None, err=None) -> int:
         except ConfigError as e:
             print(f"gdoictl: configuration error: {e}", file=err)
             return EX_CONFIG
+        except StoreProblem as e:
+            print(f"gdoictl: key store error (store.path): {e}", file=err)
+            return EX_CANTCREAT
         return 0
     try:
         path = args.socket or (socket_from_config(args.config) if args.config else DEFAULT_SOCKET)
