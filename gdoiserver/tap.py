@@ -56,6 +56,14 @@ def makeService(options: Options):
     except ConfigError as e:
         print(f"gdoi: configuration error: {e}", file=sys.stderr)
         raise SystemExit(os.EX_CONFIG) from None
+    if config.keylog.path is not None:
+        from gdoiserver.keylog import KeyLog, KeyLogError
+
+        try:
+            KeyLog(config.keylog.path).check()  # a keylog others may read is refused like every secret file
+        except KeyLogError as e:
+            print(f"gdoi: configuration error: keylog.path: {e}", file=sys.stderr)
+            raise SystemExit(os.EX_CONFIG) from None
     from twisted.internet import reactor
 
     try:

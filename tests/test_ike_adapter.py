@@ -330,17 +330,45 @@ class HalfOpenTests(unittest.TestCase):
         self.assertEqual(h.counters["halfopen_cap_per_peer"], 1)
 
     def test_cap_total(self):
-        """At most halfopen_total half-open responders in all, whatever their sources."""
+        """At most halfopen_total half-open responders in all, whatever their sources: at the cap the oldest whose
+        peer never answered makes room for the new one (RFC 4987 section 3.4)."""
         h = Harness(halfopen_per_peer=2, halfopen_total=3)
         for i in range(5):
             h.receive(message(bytes([i + 1]) * 8), spoofed_source(i))
         self.assertEqual(len(h.engine.half_open), 3)
-        self.assertEqual(h.counters["halfopen_cap_total"], 2)
+        self.assertEqual(sorted(e.icookie[0] for e in h.engine.half_open), [3, 4, 5])
+        self.assertEqual((h.counters["halfopen_evicted"], h.counters["halfopen_cap_total"]), (2, 0))
+
+    def test_cap_total_keeps_answered_exchanges(self):
+        """A half-open responder whose peer sent our responder cookie back (message 3) is never evicted: when every
+        half-open responder has heard back, a new first message is dropped and counted halfopen_cap_total; a peer
+        that answers goes on to an SA in the middle of a flood of first messages from spoofed sources."""
+        h = Harness(halfopen_per_peer=2, halfopen_total=2)
+        for i, cookie in enumerate((b"\x01" * 8, b"\x02" * 8)):
+            h.receive(message(cookie, tag=b"MM1"), spoofed_source(i))
+            rcookie = decode_message(h.written()[-1][0]).responder_cookie
+            h.receive(message(cookie, rcookie, tag=b"MM3"), spoofed_source(i))
+        h.receive(message(b"\x03" * 8, tag=b"MM1"), spoofed_source(2))
+        self.assertEqual((h.counters["halfopen_cap_total"], h.counters["halfopen_evicted"]), (1, 0))
+        self.assertEqual(sorted(e.icookie[0] for e in h.engine.half_open), [1, 2])
+
+        h = Harness(FakeFactory(keep=False), halfopen_per_peer=4, halfopen_total=16)
+        cookies = CountingRandom(b"spoofed")
+        for i in range(1000):
+            h.receive(message(cookies(8), tag=b"MM1"), spoofed_source(i))
+            if i == 100:  # the peer's message 1, its message 3 a few spoofed first messages later, then message 5
+                h.receive(message(ICKY, tag=b"MM1"), PEER)
+                rcookie = decode_message(h.written()[-1][0]).responder_cookie
+            if i in (110, 900):
+                h.receive(message(ICKY, rcookie, tag=b"MM3" if i == 110 else b"MM5"), PEER)
+        self.assertEqual(len(h.established), 1)
+        self.assertEqual(len(h.engine.half_open), 16)
+        self.assertEqual(h.counters["halfopen_cap_total"], 0)
 
     def test_flood_memory_bound(self):
-        """10,000 first messages with spoofed cookies and sources leave at most halfopen_total half-open SAs (and no
-        machine made for the rest); an established SA keeps working through the flood; after exchange_timeout
-        nothing of the flood is left."""
+        """10,000 first messages with spoofed cookies and sources leave at most halfopen_total half-open SAs (each
+        new one takes the place of the oldest); an established SA keeps working through the flood; after
+        exchange_timeout nothing of the flood is left."""
         h = Harness(FakeFactory(keep=False), halfopen_per_peer=4, halfopen_total=256, exchange_timeout=30)
         rcookie = h.main_mode()
         handled = []
@@ -354,8 +382,9 @@ class HalfOpenTests(unittest.TestCase):
         sizes = {len(engine.half_open), len(engine.first_messages), len(engine.exchanges),
                  sum(engine.half_open_by_source.values())}
         self.assertEqual(sizes, {256})
-        self.assertEqual(h.factory.responder_calls, 1 + 256)  # the established SA's own, then the flood's
-        self.assertEqual(h.counters["halfopen_cap_total"], 10_000 - 256)
+        self.assertEqual(h.factory.responder_calls, 1 + 10_000)  # the established SA's own, then the flood's
+        self.assertEqual(h.counters["halfopen_evicted"], 10_000 - 256)
+        self.assertEqual(h.counters["halfopen_cap_total"], 0)
         self.assertEqual(handled, [1, 2501, 5001, 7501])
         self.assertIn(ICKY + rcookie, engine.sas)
         h.clock.advance(30)

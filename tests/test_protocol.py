@@ -158,6 +158,31 @@ class DatagramTests(unittest.TestCase):
         self.assertEqual(protocol.counters["malformed.PAYLOAD_MALFORMED"], 1)
         self.assertEqual(dispatched, [])
 
+    def test_drop_lines_are_rate_limited(self):
+        """A flood of malformed datagrams is counted in full, but logged at most a burst of 50 lines and then 10 a
+        second; the next line allowed says how many were left out."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+
+        class Engine:
+            def attach(self, listener):
+                pass
+
+        engine = Engine()
+        engine.clock = clock
+        protocol, events, _ = make_protocol(engine=engine)
+        drops = lambda: [e for e in events if "malformed" in e.get("log_format", "")]  # noqa: E731
+        for _ in range(1000):
+            protocol.datagramReceived(b"\x01\x02\x03", PEER)
+        self.assertEqual(protocol.counters["malformed.PAYLOAD_MALFORMED"], 1000)
+        self.assertEqual(len(drops()), 50)
+        clock.advance(1.0)
+        for _ in range(100):
+            protocol.datagramReceived(b"\x01\x02\x03", PEER)
+        self.assertEqual(len(drops()), 60)
+        self.assertIn("(950 similar lines left out)", formatEvent(drops()[50]))
+
     def test_short_datagram(self):
         """A datagram shorter than the ISAKMP header is malformed."""
         protocol, _, _ = make_protocol()

@@ -8,7 +8,10 @@ Routing (RFC 2408 section 3.1: the cookie pair names the ISAKMP SA):
 
 - A Main Mode or Aggressive Mode message with a zero responder cookie is a *first message*.  It goes to the
   half-open responder already made for (initiator cookie, peer address), which answers a retransmission from its
-  cache, or else to a new one from :meth:`MachineFactory.responder` if the half-open caps allow.
+  cache, or else to a new one from :meth:`MachineFactory.responder` if the half-open caps allow.  At the total
+  cap, the oldest half-open responder whose peer never sent our responder cookie back (it has not shown that it
+  receives our answers: a spoofed source) makes room (RFC 4987 section 3.4, recycling the oldest half-open
+  state); only when every half-open responder has heard back is the first message dropped.
 - Any other message goes by its cookie pair: to the exchange in progress, or, under an established SA, to the
   Phase 1 machine again (exchange types 2 and 4: retransmissions), to the Informational handling (5) or to the
   DOI's Phase 2 handler (32, 33 and the rest).  A message for no known SA is counted ``unknown_sa`` and dropped
@@ -160,7 +163,8 @@ class IKEEngine:
     :class:`Lifetime` machine (expiry, and re-authentication for the SAs we initiated) and a :class:`DPD` machine,
     which probes after ``dpd_delay`` quiet seconds a peer that announced DPD (0: answer only).
 
-    Counters: ``unknown_sa``, ``halfopen_cap_per_peer``, ``halfopen_cap_total``, ``responder_refused``,
+    Counters: ``unknown_sa``, ``halfopen_cap_per_peer``, ``halfopen_cap_total``, ``halfopen_evicted``,
+    ``responder_refused``,
     ``phase1_responder_started``, ``phase1_initiator_started``, ``phase1_established``,
     ``phase1_failed.<Notify name or reason>``, ``phase1_timeout``, ``phase1_removed``, ``phase1_after_established``,
     ``unhandled.<exchange type>``, ``sent``, ``send_error``, ``no_listener``, ``hook_error``, ``internal_error``,
@@ -197,6 +201,8 @@ class IKEEngine:
         self.initiating: dict[bytes, SAEntry] = {}
         self.half_open: set[SAEntry] = set()
         self.half_open_by_source: Counter = Counter()
+        # Half-open responders whose peer has not sent our responder cookie back, oldest first.
+        self.unproven: dict[SAEntry, None] = {}
         # Established ISAKMP SAs.
         self.sas: dict[bytes, SAEntry] = {}
         self.sas_by_peer: dict[Address, SAEntry] = {}
@@ -308,6 +314,8 @@ class IKEEngine:
             handler(message, raw, peer, listener)
             return
         entry = self.exchanges.get(spi)
+        if entry is not None:
+            self.unproven.pop(entry, None)  # the peer has our responder cookie: it receives what we send
         if entry is None and message.responder_cookie == ZERO_COOKIE:
             if message.exchange_type in PHASE1_EXCHANGES:
                 self._first_message(message, raw, peer, local)
@@ -339,7 +347,7 @@ class IKEEngine:
         source = peer[0]
         if self.half_open_by_source[source] >= self.halfopen_per_peer:
             return self._refuse("halfopen_cap_per_peer", peer)
-        if len(self.half_open) >= self.halfopen_total:
+        if len(self.half_open) >= self.halfopen_total and not self._evict_unproven():
             return self._refuse("halfopen_cap_total", peer)
         machine = self.factory.responder(message, peer, local, self.clock.seconds())
         if machine is None:
@@ -351,9 +359,20 @@ class IKEEngine:
         self.first_messages[entry.first_key] = entry
         self.half_open.add(entry)
         self.half_open_by_source[source] += 1
+        self.unproven[entry] = None
         entry.deadline = self.clock.callLater(self.exchange_timeout, self._serially, self._timed_out, entry)
         self.counters["phase1_responder_started"] += 1
         return entry
+
+    def _evict_unproven(self) -> bool:
+        """Drop the oldest half-open responder that never heard back from its peer; False if there is none."""
+        if not self.unproven:
+            return False
+        entry = next(iter(self.unproven))
+        self.counters["halfopen_evicted"] += 1
+        self.log.debug("half-open cap: dropped {sa}, whose peer never answered", sa=entry.describe())
+        self._close(entry, Phase1Failed(None, "evicted at the half-open cap"))
+        return True
 
     def _refuse(self, counter: str, peer: Address) -> None:
         self.counters[counter] += 1
@@ -689,6 +708,7 @@ class IKEEngine:
     def _leave_half_open(self, entry: SAEntry) -> None:
         if entry.first_key is not None and self.first_messages.get(entry.first_key) is entry:
             del self.first_messages[entry.first_key]
+        self.unproven.pop(entry, None)
         if entry in self.half_open:
             self.half_open.discard(entry)
             self.half_open_by_source[entry.source] -= 1

@@ -10,6 +10,8 @@ plain ``dispatcher(message, source, local_port)``.  On the NAT-T port every ISAK
 marker (RFC 3948 section 2.2): stripped here on the way in, added here on the way out.
 """
 
+import socket
+import time
 from collections import Counter
 from typing import Callable
 
@@ -27,6 +29,36 @@ NAT_T_PORTS = frozenset({4500})
 NAT_KEEPALIVE = b"\xff"
 #: How much of a malformed datagram goes to the log: the header up to and including its Flags octet.
 LOGGED_PREFIX = 20
+#: The receive buffer asked for each listening socket (the kernel caps it at net.core.rmem_max): about 5,000 small
+#: datagrams, so that a burst, or a moment when the process is not scheduled, does not drop members' messages.
+RECEIVE_BUFFER = 4 << 20
+
+
+class LogBudget:
+    """Bounds the log lines of dropped datagrams: ``rate`` a second on average, bursts of ``burst`` (a token
+    bucket).  A flood of hostile datagrams is counted in full but cannot fill the disk; the next line allowed says
+    how many were left out."""
+
+    def __init__(self, rate: float = 10.0, burst: int = 50):
+        self.rate, self.burst = rate, burst
+        self.tokens = float(burst)
+        self.last: float | None = None
+        self.suppressed = 0
+
+    def allow(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> str:
+        """" (N similar lines left out)" once, after lines were left out; "" otherwise."""
+        n, self.suppressed = self.suppressed, 0
+        return f" ({n} similar lines left out)" if n else ""
 
 
 def format_address(host: str, port: int) -> str:
@@ -67,6 +99,11 @@ class ISAKMPProtocol(DatagramProtocol):
         self.nat_t = nat_t
         self.local_port: int | None = None
         self.local_address: tuple | None = None
+        self._drop_log = LogBudget()
+
+    def _now(self) -> float:
+        clock = getattr(self.engine, "clock", None)
+        return clock.seconds() if clock is not None else time.monotonic()
 
     @property
     def is_nat_t(self) -> bool:
@@ -76,6 +113,12 @@ class ISAKMPProtocol(DatagramProtocol):
         host = self.transport.getHost()
         self.local_port = host.port
         self.local_address = (host.host, host.port)
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            except OSError as e:
+                self.log.warn("cannot enlarge the receive buffer: {error}", error=str(e))
         self.log.info("ISAKMP listening on {address}/udp{nat_t}", address=format_address(host.host, host.port),
                       nat_t=" (NAT-T)" if self.is_nat_t else "")
         if self.engine is not None:
@@ -111,10 +154,12 @@ class ISAKMPProtocol(DatagramProtocol):
         source = format_address(addr[0], addr[1])
         if len(data) > self.max_datagram_size:
             self.counters["oversize"] += 1
-            self.log.info(
-                "dropped a datagram from {source} longer than limits.max_datagram_size ({limit} octets)",
-                length=len(data), source=source, limit=self.max_datagram_size,
-            )
+            if self._drop_log.allow(self._now()):
+                self.log.info(
+                    "dropped a datagram from {source} longer than limits.max_datagram_size ({limit} octets)"
+                    "{suppressed}", length=len(data), source=source, limit=self.max_datagram_size,
+                    suppressed=self._drop_log.take_suppressed(),
+                )
             return
         if self.is_nat_t:
             data = self._demultiplex(data, source)
@@ -124,10 +169,12 @@ class ISAKMPProtocol(DatagramProtocol):
             message = decode_message(data)
         except DecodeError as e:
             self.counters[f"malformed.{e.notify.name}"] += 1
-            self.log.info(
-                "dropped a malformed datagram from {source} ({length} octets, header {header}): {error}",
-                source=source, length=len(data), header=data[:LOGGED_PREFIX].hex(), notify=e.notify.name, error=str(e),
-            )
+            if self._drop_log.allow(self._now()):
+                self.log.info(
+                    "dropped a malformed datagram from {source} ({length} octets, header {header}): {error}"
+                    "{suppressed}", source=source, length=len(data), header=data[:LOGGED_PREFIX].hex(),
+                    notify=e.notify.name, error=str(e), suppressed=self._drop_log.take_suppressed(),
+                )
             return
         self.counters["decoded"] += 1
         if self.engine is not None:
