@@ -68,12 +68,14 @@ class ControlError(Exception):
         self.code = code
 
 
-def public(value: Any) -> Any:
+def public(value: Any, counts: bool = False) -> Any:
     """``value`` as JSON-able data with every field named like a secret (key, psk, ...) and every bytes value
-    left out: the last guard before an answer leaves the daemon."""
+    left out: the last guard before an answer leaves the daemon.  Under "counters", integer entries stay whatever
+    their names (``phase1_failed.INVALID_KEY_INFORMATION`` names a Notify, not a key)."""
     if isinstance(value, dict):
-        return {str(k): public(v) for k, v in value.items()
-                if not is_secret_name(str(k)) and not isinstance(v, (bytes, bytearray, memoryview))}
+        return {str(k): public(v, k == "counters") for k, v in value.items()
+                if (counts and type(v) is int)
+                or (not is_secret_name(str(k)) and not isinstance(v, (bytes, bytearray, memoryview)))}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [public(v) for v in value if not isinstance(v, (bytes, bytearray, memoryview))]
     if isinstance(value, float) and not math.isfinite(value):

@@ -68,9 +68,11 @@ class Failed:
 
 @attrs.frozen
 class Count:
-    """Add one to the counter ``name`` (the adapter maps names to metrics)."""
+    """Add one to the counter ``name`` (the adapter maps names to metrics); ``reason``, when given, says why, for
+    a debug log line (it does not take part in equality)."""
 
     name: str
+    reason: str = attrs.field(default="", eq=False)
 
 
 Effect = Send | SendKeepalive | StartTimer | CancelTimer | Established | Failed | Count

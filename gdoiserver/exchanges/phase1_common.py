@@ -47,11 +47,12 @@ _UDP = 17
 
 
 class Drop(Exception):
-    """Ignore the message and add one to the counter ``counter``."""
+    """Ignore the message and add one to the counter ``counter``; ``reason`` says why, for a debug log line."""
 
-    def __init__(self, counter: str):
+    def __init__(self, counter: str, reason: str = ""):
         super().__init__(counter)
         self.counter = counter
+        self.reason = reason
 
 
 class Abort(Exception):
@@ -332,7 +333,7 @@ class Phase1Exchange:
         try:
             effects = handler(self, Arrival(message, raw, now, rng, peer, local))
         except Drop as d:
-            return self._dropped(d.counter)
+            return self._dropped(d.counter, d.reason)
         except Abort as a:
             return self._abort(a, message, raw, rng)
         except Exception as e:  # never let a bug in one exchange reach the adapter
@@ -437,11 +438,11 @@ class Phase1Exchange:
             return True  # the responder's cookie is learnt from its answer
         return message.responder_cookie == self.responder_cookie
 
-    def _dropped(self, counter: str) -> list[Effect]:
+    def _dropped(self, counter: str, reason: str = "") -> list[Effect]:
         """Count a message we ignore.  A responder that ignores its first message is over: nothing started."""
         if self.state == "START":
-            return [Count(counter), *self._finish_failed(None, f"first message refused ({counter})")]
-        return [Count(counter)]
+            return [Count(counter, reason), *self._finish_failed(None, f"first message refused ({counter})")]
+        return [Count(counter, reason)]
 
     def _other_exchange(self, message: Message) -> list[Effect]:
         """A message of another exchange under our cookies.  Only a clear error Notify answering our first
@@ -471,7 +472,7 @@ class Phase1Exchange:
         except DecodeError as e:
             if answer:
                 raise Abort(e.notify, f"message {number}: {e.reason}", answer=True) from None
-            raise Drop("dropped_malformed") from None
+            raise Drop("dropped_malformed", f"message {number}: {e.reason}") from None
 
     def _open(self, a: Arrival, number: int) -> tuple[Message, IVChain]:
         """Decrypt (when encrypted) and check an authenticating message; return it and the chain after it.

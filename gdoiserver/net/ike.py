@@ -482,6 +482,9 @@ class IKEEngine:
             self._send(runner, effect)
         elif isinstance(effect, Count):
             self._count(effect.name)
+            if effect.reason:
+                self.log.debug("{machine}: {counter}: {reason} ({sa})", machine=runner.name, counter=effect.name,
+                               reason=effect.reason, sa=runner.owner.describe())
         elif isinstance(effect, StartTimer):
             self._start_timer(runner, effect.key, effect.delay)
         elif isinstance(effect, CancelTimer):
