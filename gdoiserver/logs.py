@@ -10,6 +10,7 @@ For twistd, :class:`ObservedService` makes the observer the application's log ob
 ``--logfile`` and ``-n`` choose where the lines go and ``server.log_format`` how they look.
 """
 
+import functools
 import re
 import sys
 from typing import Any, TextIO
@@ -38,7 +39,12 @@ _BYTES = (bytes, bytearray, memoryview)
 
 def is_secret_name(name: Any) -> bool:
     """Whether a field called ``name`` may hold key material."""
-    return isinstance(name, str) and name not in PUBLIC_NAMES and SECRET_NAME.search(name) is not None
+    return isinstance(name, str) and _secret_name(name)
+
+
+@functools.lru_cache(maxsize=4096)  # field names are few: the regex runs once for each
+def _secret_name(name: str) -> bool:
+    return name not in PUBLIC_NAMES and SECRET_NAME.search(name) is not None
 
 
 def redact_value(value: Any, depth: int = 0) -> Any:

@@ -167,3 +167,78 @@ class PhaseOneVersusCharonTests(unittest.TestCase):
                          [("ours", 20, 20), ("charon", 20, 20)])
         expected = round(report["ours"]["handshakes_per_s"] / report["charon"]["handshakes_per_s"], 3)
         self.assertEqual(report["ratio_ours_over_charon"], expected)
+
+
+class RegistrationTests(unittest.TestCase):
+    """benchmarks/registration.py with a tiny load against a twistd key server on 127.0.0.1 (no namespace)."""
+
+    @defer.inlineCallbacks
+    def test_rounds_half_rate_and_scale(self):
+        """One round of 20 registrations, half a second at half their rate, and a scale run to 30 members: every
+        registration succeeds, the key server counts each member once, and the JSON has the medians, the goals
+        and a rate at each scale point."""
+        argv = [str(BENCHMARKS / "registration.py"), "--namespace", "no", "--count", "20", "--rounds", "1",
+                "--concurrency", "4", "--workers", "2", "--sources", "3", "--half-seconds", "0.5", "--scale", "10,20",
+                "--window", "10", "--timeout", "10"]
+        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, argv, env=_env())
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        report = json.loads(out)
+        self.assertEqual(report["machine"]["cores"], os.cpu_count())
+        full, half = report["full"], report["half"]
+        self.assertEqual((full["registered"], full["failures"], full["timeouts"]), (20, 0, 0), full)
+        self.assertGreater(full["registrations_per_s"], 0)
+        self.assertTrue(0 < full["p50_ms"] <= full["p99_ms"], full)
+        self.assertEqual((half["failures"], half["timeouts"]), (0, 0), half)
+        self.assertLessEqual(abs(half["offered_rate_per_s"] - full["registrations_per_s"] / 2), 0.1, (full, half))
+        [round_] = report["rounds"]
+        self.assertEqual(round_["keyserver_members"], 20 + half["registered"])
+        self.assertEqual(set(report["goals"]), {"rate_at_least_1000_per_s", "p99_under_100_ms_at_half_rate",
+                                                "flat_within_20_percent"})
+        scale = report["scale"]
+        self.assertEqual((scale["registered"], scale["keyserver_members"]), (25, 25))
+        self.assertEqual([p["members"] for p in scale["points"]], [10, 20])
+        self.assertTrue(all(p["registrations_per_s"] > 0 for p in scale["points"]), scale["points"])
+
+
+class RekeyFanoutTests(unittest.TestCase):
+    """benchmarks/rekey_fanout.py with 30 members (no namespace: every member at 127.0.0.1)."""
+
+    @defer.inlineCallbacks
+    def test_unicast_fanout(self):
+        """Two rekeys to 30 members: each sends 30 copies, the discard receiver gets all 30, the fan-out time and
+        CPU time are positive, and multicast is reported as skipped outside a namespace."""
+        argv = [str(BENCHMARKS / "rekey_fanout.py"), "--namespace", "no", "--members", "30", "--rekeys", "2"]
+        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, argv, env=_env())
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        report = json.loads(out)
+        [unicast] = report["unicast"]
+        self.assertEqual(unicast["members"], 30)
+        self.assertEqual([(r["sent"], r["received"], r["send_errors"]) for r in unicast["rekeys"]],
+                         [(30, 30, 0), (30, 30, 0)])
+        self.assertEqual([r["seq"] for r in unicast["rekeys"]], [1, 2])
+        self.assertTrue(unicast["fanout_s"] > 0 and unicast["cpu_s_per_rekey"] > 0, unicast)
+        self.assertEqual(report["fanout_s_by_members"], {"30": unicast["fanout_s"]})
+        self.assertIn("skipped", report["multicast"])
+
+
+class MemoryTests(unittest.TestCase):
+    """benchmarks/memory.py with 20 members (no namespace, no settling)."""
+
+    @defer.inlineCallbacks
+    def test_rss_and_attribution(self):
+        """RSS at 10 and 20 members of the twistd key server, and a tracemalloc attribution of 10 members with
+        the in-process one: the key server holds exactly those members, and the attribution names source lines
+        with a positive size per member."""
+        argv = [str(BENCHMARKS / "memory.py"), "--namespace", "no", "--members", "10,20", "--settle", "0",
+                "--attribute", "10", "--concurrency", "4", "--sources", "2"]
+        out, err, code = yield utils.getProcessOutputAndValue(sys.executable, argv, env=_env())
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        report = json.loads(out)
+        points = report["rss"]["points"]
+        self.assertEqual([(p["members"], p["registered"], p["failures"]) for p in points], [(10, 10, 0), (20, 20, 0)])
+        self.assertTrue(all(p["rss_mib_settled"] >= report["rss"]["rss_mib_before"] for p in points), points)
+        attribution = report["attribution"]
+        self.assertEqual((attribution["members"], attribution["failures"]), (10, 0))
+        self.assertGreater(attribution["traced_octets_per_member"], 0)
+        self.assertTrue(attribution["top_lines"] and attribution["top_lines"][0]["octets_per_member"] > 0)
+        self.assertIn("at_most_4_KiB_per_member", report["goals"])

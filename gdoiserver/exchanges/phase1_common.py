@@ -14,6 +14,7 @@ draws its 4-octet M-ID.
 """
 
 import ipaddress
+import socket
 import struct
 from typing import ClassVar
 
@@ -86,7 +87,8 @@ def peer_vendor_ids(payloads) -> tuple[bytes, ...]:
 
 def nat_d_hash(h: HashAlgorithm, cky_i: bytes, cky_r: bytes, address: Address) -> bytes:
     """HASH(CKY-I | CKY-R | IP | Port) with the negotiated hash (RFC 3947 section 3.2)."""
-    ip = ipaddress.ip_address(address[0]).packed
+    host = address[0].partition("%")[0]  # an IPv6 scope is not part of the address
+    ip = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     return h.hash(cky_i, cky_r, ip, struct.pack("!H", address[1]))
 
 

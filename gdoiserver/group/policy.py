@@ -11,6 +11,7 @@ These are plain values: the wire form is built in :mod:`gdoiserver.doi.gdoi`, th
 
 import enum
 import fnmatch
+import functools
 import ipaddress
 
 import attrs
@@ -324,6 +325,11 @@ def _same_private_key(a, b) -> bool:
     return type(a) is type(b) and a.private_numbers() == b.private_numbers()
 
 
+@functools.lru_cache(maxsize=64)  # one key per group; keys hash by identity
+def _public_key_der(key) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 @attrs.frozen
 class KEKPolicy:
     """The rekey SA: AES-CBC under the KEK, messages signed with the key server's ``signature_key``."""
@@ -358,10 +364,8 @@ class KEKPolicy:
 
     @property
     def public_key_der(self) -> bytes:
-        """SIG_ALGORITHM_KEY of the KD: the public key as a DER SubjectPublicKeyInfo."""
-        return self.signature_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        """SIG_ALGORITHM_KEY of the KD: the public key as a DER SubjectPublicKeyInfo (serialized once)."""
+        return _public_key_der(self.signature_key)
 
 
 # --- rekey transport, GAP, the group --------------------------------------------------------------------------------

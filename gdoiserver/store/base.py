@@ -158,14 +158,15 @@ class MemoryStore(KeyStore):
     location = "memory"
 
     def __init__(self, groups: dict[str, GroupState] | None = None):
-        self._groups: dict[str, GroupState] = dict(groups or {})
+        # Per group, tables changed in place: a commit costs what it changes, not the size of the group.
+        self._tables: dict[str, dict] = {name: _tables(state) for name, state in (groups or {}).items()}
         self._closed = False
         self._held: list | None = None
         self._failure: Exception | None = None
         self.commits = 0
 
     def load(self) -> defer.Deferred:
-        return self._call(lambda: {name: self._copy(state) for name, state in self._groups.items()})
+        return self._call(self._states)
 
     def commit(self, group: str, changes: Changes) -> defer.Deferred:
         try:
@@ -198,18 +199,36 @@ class MemoryStore(KeyStore):
 
     def reopened(self) -> "MemoryStore":
         """A new store holding what this one has committed (held calls are lost, as in a crash)."""
-        return MemoryStore({name: self._copy(state) for name, state in self._groups.items()})
+        return MemoryStore(self._states())
+
+    def _states(self) -> dict[str, GroupState]:
+        return {name: GroupState(name, t["seq_high_water"],
+                                 sorted(t["generations"].values(), key=lambda g: g.number),
+                                 sort_keks(t["keks"].values()), dict(t["lkh_nodes"]), dict(t["members"]),
+                                 frozenset(t["evicted"]))
+                for name, t in self._tables.items()}
 
     def _apply(self, group: str, changes: Changes) -> None:
+        """:func:`apply_changes`, in place."""
         if self._failure is not None:
             raise self._failure
-        state = self._groups.get(group) or GroupState(group)
-        self._groups[group] = apply_changes(state, changes)
+        t = self._tables.get(group) or _tables(GroupState(group))
+        if changes.seq_high_water is not None:
+            check_high_water(group, t["seq_high_water"], changes.seq_high_water)
+            t["seq_high_water"] = changes.seq_high_water
+        self._tables[group] = t
+        for table, drops, puts in (
+            ("generations", changes.drop_generations, ((g.number, g) for g in changes.generations)),
+            ("keks", changes.drop_keks, ((k.spi, k) for k in changes.keks)),
+            ("lkh_nodes", changes.drop_lkh_nodes, ((n.node, n) for n in changes.lkh_nodes)),
+            ("members", changes.drop_members, ((m.identity, m) for m in changes.members)),
+        ):
+            for key in drops:
+                t[table].pop(key, None)
+            t[table].update(puts)
+        t["evicted"].update(changes.evict)
+        t["evicted"].difference_update(changes.readmit)
         self.commits += 1
-
-    @staticmethod
-    def _copy(state: GroupState) -> GroupState:
-        return attrs.evolve(state, lkh_nodes=dict(state.lkh_nodes), members=dict(state.members))
 
     def _call(self, run) -> defer.Deferred:
         if self._closed:
@@ -229,3 +248,10 @@ class MemoryStore(KeyStore):
             d.errback()
         else:
             d.callback(result)
+
+
+def _tables(state: GroupState) -> dict:
+    """A group's state as the mutable tables MemoryStore keeps."""
+    return {"seq_high_water": state.seq_high_water, "generations": {g.number: g for g in state.generations},
+            "keks": {k.spi: k for k in state.keks}, "lkh_nodes": dict(state.lkh_nodes),
+            "members": dict(state.members), "evicted": set(state.evicted)}

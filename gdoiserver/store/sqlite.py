@@ -206,23 +206,28 @@ class SQLiteStore(KeyStore):
         self._pool = ThreadPool(1, 1, name=f"gdoiserver-store {self.path}")
         self._pool.start()
         self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._shutdown)
+        #: Calls not yet handed to the store's thread, in call order: (work, args, Deferred); work None: a commit.
+        self._queue: list = []
+        self._busy = False
 
     def load(self) -> defer.Deferred:
         return self._run(self._load)
 
     def commit(self, group: str, changes: Changes) -> defer.Deferred:
+        """Commits made while the store's thread is busy go together in its next transaction (one fsync for
+        all), each in a savepoint of its own: one that fails changes nothing, the others still commit."""
         try:
             check_commit(group, changes)
         except (TypeError, ValueError):
             return defer.fail()
-        return self._run(self._commit, group, changes)
+        return self._run(None, group, changes)
 
     def close(self) -> defer.Deferred:
         if self._closed:
             return defer.fail(StoreError(f"{self.path}: the key store is closed"))
-        self._closed = True
         self._reactor.removeSystemEventTrigger(self._trigger)
-        d = threads.deferToThreadPool(self._reactor, self._pool, self._guarded, self._connection.close)
+        d = self._run(self._connection.close)  # after every earlier call
+        self._closed = True
 
         def stopped(result):
             self._pool.stop()  # its one thread is idle now: it ends at once
@@ -237,7 +242,34 @@ class SQLiteStore(KeyStore):
     def _run(self, work, *args) -> defer.Deferred:
         if self._closed:
             return defer.fail(StoreError(f"{self.path}: the key store is closed"))
-        return threads.deferToThreadPool(self._reactor, self._pool, self._guarded, work, *args)
+        d = defer.Deferred()
+        self._queue.append((work, args, d))
+        if not self._busy:
+            self._next()
+        return d
+
+    def _next(self, _=None) -> None:
+        """Hand the store's thread the next call, or every commit queued in a row as one transaction."""
+        if not self._queue:
+            self._busy = False
+            return
+        self._busy = True
+        if self._queue[0][0] is None:
+            n = next((i for i, (work, _, _) in enumerate(self._queue) if work is not None), len(self._queue))
+            batch, self._queue = self._queue[:n], self._queue[n:]
+            done = threads.deferToThreadPool(self._reactor, self._pool, self._guarded, self._commit_batch,
+                                             [args for _, args, _ in batch])
+
+            def fire(outcomes):
+                for (_, _, d), error in zip(batch, outcomes):
+                    d.errback(error) if error is not None else d.callback(None)
+
+            done.addCallbacks(fire, lambda f: [d.errback(f) for _, _, d in batch])
+        else:
+            (work, args, d), self._queue = self._queue[0], self._queue[1:]
+            done = threads.deferToThreadPool(self._reactor, self._pool, self._guarded, work, *args)
+            done.addCallbacks(d.callback, d.errback)
+        done.addBoth(self._next)
 
     def _guarded(self, work, *args):
         try:
@@ -284,14 +316,33 @@ class SQLiteStore(KeyStore):
                 for name, g in groups.items()}
 
     def _commit(self, group: str, changes: Changes) -> None:
+        (error,) = self._commit_batch([(group, changes)])
+        if error is not None:
+            raise error
+
+    def _commit_batch(self, batch) -> list:
+        """Each (group, changes) of ``batch`` in a savepoint of one transaction; per commit None or the ValueError
+        that undid it.  An SQLite error fails the whole batch."""
         c = self._connection
+        outcomes = []
         c.execute("BEGIN IMMEDIATE")
         try:
-            self._write(c, group, changes)
+            for group, changes in batch:
+                c.execute("SAVEPOINT one_commit")
+                try:
+                    self._write(c, group, changes)
+                except (ValueError, OverflowError) as e:
+                    c.execute("ROLLBACK TO one_commit")
+                    outcomes.append(e if isinstance(e, ValueError) else
+                                    ValueError(f"{self.path}: a number is too large for the key store ({e})"))
+                else:
+                    outcomes.append(None)
+                c.execute("RELEASE one_commit")
         except BaseException:
             _rollback(c)
             raise
         c.execute("COMMIT")
+        return outcomes
 
     @staticmethod
     def _write(c: sqlite3.Connection, group: str, changes: Changes) -> None:
