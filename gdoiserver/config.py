@@ -453,6 +453,10 @@ class IKE:
     nat_t: bool = setting(boolean, default=True)
     #: Dead Peer Detection (RFC 3706): seconds of silence before R-U-THERE; 0 turns it off.
     dpd_delay: int = setting(integer(0, 86400), default=30)
+    #: Seconds the key server keeps a member's Phase 1 SA after its last registration under it (then it sends a
+    #: Delete): rekeys and their acknowledgements need no Phase 1 SA (RFC 6407 section 4), and each SA costs
+    #: memory and DPD traffic.  0 keeps every SA for its whole lifetime.
+    registration_sa_linger: float = setting(seconds(0, 86400), default=60.0)
 
 
 #: ID types a config may name (RFC 2407 section 4.6.2.1).

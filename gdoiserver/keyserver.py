@@ -59,6 +59,7 @@ class KeyServer(MultiService):
         self.transport.setServiceParent(self)
         self.store = None
         self.rekeying: RekeyService | None = None
+        self._releases: dict = {}  # Phase 1 SA (cookies) -> the IDelayedCall that deletes it
         if self.gdoi is not None:
             self.gdoi.ready = False
             if store is None and any(g.kek is not None for g in config.groups):
@@ -76,6 +77,7 @@ class KeyServer(MultiService):
             self.gdoi.key_server = attrs.evolve(self.gdoi.key_server, leaf_for=self.rekeying.leaf_for,
                                                 is_evicted=self.rekeying.is_evicted)
             self.gdoi.on_registered.append(self.rekeying.member_registered)
+            self.gdoi.on_registered_under.append(self._release_later)
             self.engine.register_exchange(ExchangeType.GROUPKEY_PUSH_ACK, self.rekeying.ack_received)
         if control and config.control.socket:
             from gdoiserver.control.server import ControlServer
@@ -113,6 +115,10 @@ class KeyServer(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        for call in self._releases.values():
+            if call.active():
+                call.cancel()
+        self._releases.clear()
         if self.rekeying is not None:
             self.rekeying.stop()
             yield self.rekeying.idle()
@@ -120,6 +126,23 @@ class KeyServer(MultiService):
         store, self.store = self.store, None
         if store is not None:
             yield store.close()
+
+    def _release_later(self, sa, result) -> None:
+        """``ike.registration_sa_linger`` seconds after the last registration under ``sa``, delete it: the
+        member's rekeys and acknowledgements need no Phase 1 SA, and each one kept costs memory and DPD traffic."""
+        linger = self.config.ike.registration_sa_linger
+        if not linger:
+            return
+        spi = sa.initiator_cookie + sa.responder_cookie
+        call = self._releases.pop(spi, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._releases[spi] = self.clock.callLater(linger, self._release, spi)
+
+    def _release(self, spi: bytes) -> None:
+        self._releases.pop(spi, None)
+        if self.engine.delete_sa(spi, "the member registered: rekeys need no Phase 1 SA"):
+            self.counters["phase1_released"] += 1
 
     def _send_unicast(self, datagram: bytes, peer) -> None:
         """A unicast PUSH leaves by the GDOI listener of the peer's address family (port 848 if we have it)."""

@@ -34,6 +34,8 @@ class KeyServerDOI(GDOIPlugin):
         self.registered: dict[str, dict] = {}
         self.on_registered: list = []
         self.on_refused: list = []
+        #: ``hook(sa, result)``: the Phase 1 SA a registration came under, too.
+        self.on_registered_under: list = []
         #: False while the key store loads: GROUPKEY-PULL requests are dropped (the dispatcher counts
         #: ``phase2_refused``; members retransmit), so that no registration hands out keys the store lacks.
         self.ready = True
@@ -49,6 +51,8 @@ class KeyServerDOI(GDOIPlugin):
         self.registered.setdefault(result.group, {})[result.member] = result
         for hook in self.on_registered:
             hook(result)
+        for hook in self.on_registered_under:
+            hook(sa, result)
         return [Count("gdoi_registered")]
 
     def failed(self, sa, machine, notify, reason: str, now: float, rng) -> list:

@@ -250,7 +250,12 @@ class EndToEndTests(unittest.TestCase):
             self.assertGreaterEqual(len(seen[g]), 4, seen)
             self.assertEqual(seen[g], sorted(set(seen[g])), "SEQs rise strictly")
             self.assertGreaterEqual(len(kek_spis[g]), 2, "the KEK was rekeyed on its own lifetime")
+        # A minute after registering, each member's Phase 1 SA was deleted (ike.registration_sa_linger): rekeys
+        # and acknowledgements went on without one.
+        self.assertEqual(self.ks.counters["phase1_released"], MEMBERS)
+        self.assertEqual(len(self.ks.engine.sas), 0)
         for m in self.members:
+            self.assertEqual(len(m.engine.sas), 0, "the member heard the Delete")
             self.assertEqual(m.counters["push_bad_signature"] + m.counters["push_malformed"], 0)
             self.assertEqual(m.counters["reregister_lost"], 0, "no member lost track")
         last = self.ks.rekeying.status()[UC]["seq"]

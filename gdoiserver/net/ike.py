@@ -131,6 +131,8 @@ class SAEntry:
     deadline: Any = None
     result: Deferred | None = None
     closed: bool = False
+    #: Why the SA is being ended early (:meth:`IKEEngine.delete_sa`), for the log line; None: its lifetime.
+    ending: str | None = None
 
     @property
     def spi(self) -> bytes | None:
@@ -264,6 +266,17 @@ class IKEEngine:
         if entry is None:
             return False
         self._remove_sa(entry, reason)
+        return True
+
+    def delete_sa(self, spi: bytes, reason: str) -> bool:
+        """End the established SA ``spi`` as its lifetime would: a Delete goes to the peer (RFC 2408 section
+        3.15), then the SA is forgotten.  False if there is none."""
+        entry = self.sas.get(spi)
+        runner = entry.runners.get("lifetime") if entry is not None else None
+        if runner is None or runner.machine.done:
+            return self.remove_sa(spi, reason)
+        entry.ending = reason
+        self._serially(self._run, runner, lambda now: runner.machine.delete(now, self.rng))
         return True
 
     # --- listeners ----------------------------------------------------------------------------------------------------
@@ -508,7 +521,7 @@ class IKEEngine:
         elif isinstance(effect, SendKeepalive):
             self._send_keepalive(entry, effect)
         elif isinstance(effect, Expire):
-            self._remove_sa(entry, "lifetime over")
+            self._remove_sa(entry, entry.ending or "lifetime over")
         elif isinstance(effect, Reauthenticate):
             again = self.initiate(effect.sa.peer, effect.sa.local, replaces=effect.sa)
             again.addErrback(lambda failure: failure.trap(Phase1Failed))  # already logged and counted
