@@ -9,20 +9,10 @@ import ipaddress
 import socket
 import struct
 
-_PROC_INET6 = "/proc/net/if_inet6"
+from gdoiserver.net.interfaces import ipv6_interface_index
 
-
-def _ipv6_index(address: ipaddress.IPv6Address, table: str = _PROC_INET6) -> int:
-    """The index of the interface that holds ``address`` (Linux /proc/net/if_inet6); ValueError if none does."""
-    try:
-        with open(table, encoding="ascii") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == address.packed.hex():
-                    return int(fields[1], 16)
-    except OSError:
-        pass
-    raise ValueError(f"no interface holds {address}")
+#: The interface index of an IPv6 address of ours.
+_ipv6_index = ipv6_interface_index
 
 
 def _as_address(interface: str):

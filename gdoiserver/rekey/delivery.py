@@ -17,28 +17,7 @@ import struct
 
 import attrs
 
-_PROC_INET6 = "/proc/net/if_inet6"
-
-
-def _ipv6_interface_index(address: ipaddress.IPv6Address, table: str = _PROC_INET6) -> int:
-    """The index of the interface that holds ``address`` (Linux /proc/net/if_inet6); ValueError if none does."""
-    try:
-        with open(table, encoding="ascii") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 2 and fields[0] == address.packed.hex():
-                    return int(fields[1], 16)
-    except OSError:
-        pass
-    raise ValueError(f"no interface holds {address}")
-
-
-def _interface_index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise ValueError(f"there is no interface {name!r}") from None
-
+from gdoiserver.net.interfaces import interface_index, ipv6_interface_index
 
 def outgoing_interface(group: ipaddress.IPv4Address | ipaddress.IPv6Address, interface: str | None):
     """The ``(level, option, value)`` of ``setsockopt`` that makes multicast to ``group`` leave by
@@ -56,15 +35,15 @@ def outgoing_interface(group: ipaddress.IPv4Address | ipaddress.IPv6Address, int
                 raise ValueError(f"IPv4 multicast cannot leave by the IPv6 address {address}")
             return socket.IPPROTO_IP, socket.IP_MULTICAST_IF, address.packed
         # struct ip_mreqn: multicast address (unused here), local address, interface index (Linux ip(7)).
-        return socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("@i", _interface_index(interface))
+        return socket.IPPROTO_IP, socket.IP_MULTICAST_IF, bytes(8) + struct.pack("@i", interface_index(interface))
     if address is None:
-        index = _interface_index(interface)
+        index = interface_index(interface)
     elif address.version != 6:
         raise ValueError(f"IPv6 multicast cannot leave by the IPv4 address {address}")
     elif "%" in interface:
-        index = _interface_index(interface.split("%", 1)[1])
+        index = interface_index(interface.split("%", 1)[1])
     else:
-        index = _ipv6_interface_index(address)
+        index = ipv6_interface_index(address)
     return socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, struct.pack("@I", index)
 
 
