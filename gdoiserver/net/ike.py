@@ -217,6 +217,7 @@ class IKEEngine:
         self.exchange_handlers: dict[int, Callable] = {}
         self._queue: deque = deque()
         self._busy = False
+        self._closed_entries: list[SAEntry] = []
 
     # --- what the layers above call ----------------------------------------------------------------------------------
 
@@ -312,6 +313,9 @@ class IKEEngine:
                     self.log.failure("bug: {job} raised; went on with the next message", job=job.__name__)
         finally:
             self._busy = False
+            closed, self._closed_entries = self._closed_entries, []
+            for entry in closed:
+                entry.runners.clear()
 
     # --- routing ----------------------------------------------------------------------------------------------------
 
@@ -720,6 +724,13 @@ class IKEEngine:
         if entry.result is not None and failure is not None:
             result, entry.result = entry.result, None
             result.errback(failure)
+        # An entry and its runners point at each other: break the cycle once the effects under way are carried
+        # out, so that reference counting frees a closed SA at once (the daemon freezes what survives a collection,
+        # and a frozen cycle would wait for the hourly full collection).
+        if self._busy:
+            self._closed_entries.append(entry)
+        else:
+            entry.runners.clear()
 
     def _leave_half_open(self, entry: SAEntry) -> None:
         if entry.first_key is not None and self.first_messages.get(entry.first_key) is entry:
