@@ -86,18 +86,23 @@ def makeService(options: Options):
 
 def _tame_the_collector(parent) -> None:
     """Full garbage collections stop the reactor longer as SAs and members accumulate (350 ms at 7,000 members,
-    docs/performance.md): every second, what survived is moved out of their reach (``gc.freeze``); once an hour
+    docs/performance.md): every second, the young generations are collected and what survives is moved out of
+    their reach (``gc.freeze``); once an hour
     it is brought back and collected, so that cycles which became garbage after they were frozen are freed."""
     import gc
 
     from twisted.application.internet import TimerService
+
+    def each_second():
+        gc.collect(1)  # the young generations first: garbage cycles made since the last second are not frozen
+        gc.freeze()
 
     def hourly():
         gc.unfreeze()
         gc.collect()
         gc.freeze()
 
-    TimerService(1.0, gc.freeze).setServiceParent(parent)
+    TimerService(1.0, each_second).setServiceParent(parent)
     TimerService(3600.0, hourly).setServiceParent(parent)
 
 
