@@ -156,7 +156,8 @@ class AggressiveMode(Phase1Exchange):
         message, chain = self._open(a, 3)
         self._verify_peer(message.payloads, a.now)
         self._detect_nat(a, message.payloads)
-        self._note_notifications(message.payloads)
+        # HASH_I does not cover a Notify: only an encrypted AM3 vouches for INITIAL-CONTACT (RFC 2409 section 5.4)
+        self._note_notifications(message.payloads if a.message.encrypted else ())
         self.iv = chain
         self._float_responder(a)
         return self._established(a.now)
