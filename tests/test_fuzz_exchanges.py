@@ -341,7 +341,6 @@ class CrashRegressionTests(unittest.TestCase):
         for label, data in self.certificate_cases():
             self.assertNotIn("known-F3", [outcome for _, outcome in fx.check(data)["steps"]], label)
 
-    test_certificates_that_do_not_parse.todo = "F3: apply the certs.py diff of docs/security.md, then drop this todo"
 
     def test_certificates_that_do_not_parse_are_counted_until_fixed(self):
         """Until F3 is fixed, the harness counts those inputs as the known finding (the exception is seen leaving

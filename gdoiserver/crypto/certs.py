@@ -395,6 +395,18 @@ def validate_chain(trust: TrustStore, certificate: x509.Certificate, intermediat
     Raises ``CertificateError`` with INVALID_CERT_AUTHORITY when no configured CA issued the chain,
     INVALID_CERTIFICATE for anything else.
     """
+    try:
+        return _validate_chain(trust, certificate, intermediates, now)
+    except CertificateError:
+        raise
+    except (ValueError, KeyError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as e:
+        # cryptography parses a certificate lazily: a subject, issuer or extension that does not parse raises
+        # only when it is read (found by fuzzing, docs/security.md F3).
+        raise CertificateError(NotifyType.INVALID_CERTIFICATE,
+                               f"a certificate of the chain does not parse: {type(e).__name__}") from None
+
+
+def _validate_chain(trust: TrustStore, certificate: x509.Certificate, intermediates, now) -> x509.Certificate:
     when = _as_utc(now)
     intermediates = list(intermediates)
     subject = certificate.subject.rfc4514_string()
@@ -579,7 +591,7 @@ def certificates_from_payloads(payloads) -> tuple[x509.Certificate, ...]:
             continue
         try:
             found.append(x509.load_der_x509_certificate(p.data))
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # a version 4 or later certificate raises InvalidVersion
             reason = "CERT payload data is not a DER X.509 certificate"
             raise CertificateError(NotifyType.INVALID_CERTIFICATE, reason) from None
     if skipped and not found:
