@@ -1319,8 +1319,6 @@ def _typed(t: Target, fam: Family, effects, where: str) -> None:
     for e in effects:
         if not isinstance(e, fam.effects):
             raise Breach(f"{where}: effect of class {type(e).__name__}")
-        if isinstance(e, Count) and e.name == "internal_error" and _ESCAPED:
-            continue  # F3, counted by check()
         if isinstance(e, Count) and (e.name == "internal_error" or not isinstance(e.name, str)):
             raise Breach(f"{where}: Count({e.name!r}): an exception was caught inside the machine")
         if isinstance(e, Failed) and not (isinstance(e.reason, str) and isinstance(e.notify, (int, type(None)))):
@@ -1365,45 +1363,12 @@ KNOWN_FINDINGS = {
     "F5": "the responder's choice in MM2 and AM2 is not under HASH_R (RFC 2409 section 5: it covers SAi_b): "
           "someone on the path may shorten the ISAKMP SA's lifetime, which the initiator takes (the smaller of "
           "the two); Main Mode's MM2 is not checked here (no authenticator), Aggressive Mode's AM2 is",
-    "F3": "a CERT payload that does not parse raises something else than CertificateError: InvalidVersion from "
-          "certs.certificates_from_payloads (X.509 version 4 and up), ValueError from certs.validate_chain (the "
-          "loader parses lazily: a subject or issuer that does not parse).  Main Mode, Aggressive Mode and "
-          "GROUPKEY-PULL count internal_error and end the exchange",
 }
-#: Exceptions other than CertificateError that left the certificate functions during the current step (F3).
-_ESCAPED: list = []
 
 
-@contextlib.contextmanager
-def _watching_certs():
-    """certs.certificates_from_payloads and certs.validate_chain, passing everything through, but noting an
-    exception other than CertificateError that leaves them (F3)."""
-    saved = certs.certificates_from_payloads, certs.validate_chain
-
-    def watch(function):
-        def watched(*args, **kw):
-            try:
-                return function(*args, **kw)
-            except certs.CertificateError:
-                raise
-            except Exception as e:
-                _ESCAPED.append(e)
-                raise
-
-        return watched
-
-    certs.certificates_from_payloads, certs.validate_chain = (watch(f) for f in saved)
-    try:
-        yield
-    finally:
-        certs.certificates_from_payloads, certs.validate_chain = saved
-
-
-def _known(state_key, effects) -> str | None:
-    """The known finding a failure is, or None."""
-    if _ESCAPED and any(isinstance(e, Count) and e.name == "internal_error" for e in effects):
-        return "F3"
-    if state_key == ("quick_mode", INITIATOR, "QM1_SENT") and any(
+def _known(state_key, effects, cls: str) -> str | None:
+    """The known finding a step's effects show, or None."""
+    if cls not in KEYHOLDER and state_key == ("quick_mode", INITIATOR, "QM1_SENT") and any(
             isinstance(e, Failed) and e.notify == NotifyType.INVALID_FLAGS for e in effects):
         return "F2"
     return None
@@ -1447,11 +1412,6 @@ def _reference(t: Target, fam: Family, before, genuine_index, step):
 
 def check(data: bytes) -> dict:
     """Hold one input to the contract (module notes); return what each step did (for the statistics)."""
-    with _watching_certs():
-        return _check(data)
-
-
-def _check(data: bytes) -> dict:
     _CACHE.clear()
     r = Reader(bytes(data))
     t = TARGETS[r.u8() % len(TARGETS)]
@@ -1494,7 +1454,6 @@ def _check(data: bytes) -> dict:
         was_done = fam.done(m)
         fp_before, view_before = fam.fingerprint(m), fam.view(m)
         history.append(step)
-        _ESCAPED.clear()
         effects = _feed(t, fam, m, rng, step)
         where = f"{t.name} step {len(log) + 1} ({cls}, {kind})"
         _typed(t, fam, effects, where)
@@ -1502,7 +1461,7 @@ def _check(data: bytes) -> dict:
         log.append((cls, outcome))
         if cls == C_GENUINE:
             pending.remove(index)
-        known = _known(state_key, effects or [])
+        known = _known(state_key, effects or [], cls)
         if known is not None:  # a finding left to the lead: counted, and the machine is over
             _count_known(t, log, cls, known)
             continue

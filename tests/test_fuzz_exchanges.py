@@ -309,7 +309,11 @@ class CrashRegressionTests(unittest.TestCase):
         tampered = bytes([fx.TAMPER, fx.TARGETS[index].next, 0]) + struct.pack("!H", 19) + b"\x02"
         steps_done = fx.check(steps(index, tampered))["steps"]
         self.assertIn(steps_done, ([("tampered", "known-F2")], [("tampered", "ignored"), ("probe", "ok")]))
-        self.assertIsNone(fx._known(("quick_mode", fx.INITIATOR, "QM1_SENT"), [fx.Failed(None, "timed out")]))
+        state = ("quick_mode", fx.INITIATOR, "QM1_SENT")
+        self.assertIsNone(fx._known(state, [fx.Failed(None, "timed out")], fx.C_TAMPERED))
+        refused = [fx.Failed(fx.NotifyType.INVALID_FLAGS, "the responder set the Commit bit")]
+        self.assertEqual(fx._known(state, refused, fx.C_TAMPERED), "F2")
+        self.assertIsNone(fx._known(state, refused, fx.C_AUTH))  # a responder that sets the bit itself may end it
 
     def certificate_cases(self):
         """(label, input) of the CERT payloads the fuzzer reported (finding F3): a certificate of the genuine chain
@@ -332,22 +336,24 @@ class CrashRegressionTests(unittest.TestCase):
         return cases
 
     def test_certificates_that_do_not_parse(self):
-        """Finding F3: a CERT payload whose certificate does not parse must be refused with INVALID-CERTIFICATE.
-        cryptography's loader raised InvalidVersion, and it parses lazily, so that a broken issuer or a repeated
-        extension raised KeyError, ValueError or DuplicateExtension from validate_chain later: Main Mode (before
-        any signature is checked: anyone who completed MM3/MM4), Aggressive Mode and GROUPKEY-PULL (an
-        authenticated member) counted internal_error.  The fix, in gdoiserver/crypto/certs.py, is left to the
-        lead (the diff in docs/security.md)."""
+        """Finding F3: a CERT payload whose certificate does not parse is refused with INVALID-CERTIFICATE.  The
+        loader raised InvalidVersion, and it parses lazily, so that a broken issuer or a repeated extension raised
+        KeyError, ValueError or DuplicateExtension from validate_chain later: Main Mode (before any signature is
+        checked: anyone who completed MM3/MM4), Aggressive Mode and GROUPKEY-PULL (an authenticated member)
+        counted internal_error and ended the exchange.  Fixed in gdoiserver/crypto/certs.py; now the exchange ends
+        with the Notify of the refused certificate, and nothing escapes (rule 1 of check())."""
         for label, data in self.certificate_cases():
-            self.assertNotIn("known-F3", [outcome for _, outcome in fx.check(data)["steps"]], label)
-
-
-    def test_certificates_that_do_not_parse_are_counted_until_fixed(self):
-        """Until F3 is fixed, the harness counts those inputs as the known finding (the exception is seen leaving
-        the certificate functions) instead of stopping the campaign; once fixed they fail as INVALID-CERTIFICATE."""
-        for label, data in self.certificate_cases():
-            outcomes = [outcome for _, outcome in fx.check(data)["steps"]]
-            self.assertIn(outcomes, (["known-F3"], ["failed"]), label)
+            self.assertEqual(fx.check(data)["steps"][0][1], "failed", label)
+            if data[2] != fx.BUILD:
+                continue
+            t = fx.TARGETS[data[0]]
+            m, rng = t.fresh()
+            raw, _ = fx.seal(t, m, fx.Reader(data[3:]), False)
+            delivery = t.scenario.deliveries[t.next]
+            effects = fx._feed(t, fx.FAMILIES[t.family], m, rng,
+                               (fx.GENUINE, raw, *fx._addresses(t, delivery, 0), delivery[4], 0))
+            (failed,) = [e for e in effects if isinstance(e, fx.Failed)]
+            self.assertEqual(failed.notify, fx.NotifyType.INVALID_CERTIFICATE, label)
 
     def am2_with_lifetime(self, drop_nonce: bool) -> bytes:
         """An input for the Aggressive Mode initiator: the genuine AM2's payloads in clear, as they came (HASH_R
