@@ -336,7 +336,7 @@ class OperatorTests(unittest.TestCase):
         self.assertEqual(sorted(rows), ["gm0.example.org", "gm1.example.org"])
         for identity, row in rows.items():
             self.assertEqual(row["ADDRESS"], f"127.0.0.1:{members[identity]['port']}")
-            self.assertRegex(row["REGISTERED"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \((\d+[smh] ?)+ ago\)$")
+            self.assertRegex(row["REGISTERED"], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(((\d+[smh] ?)+ ago|now)\)$")
             self.assertEqual((row["LEAF"], row["STATE"]), (str(members[identity]["leaf"]), "ok"))
 
         sas = self.gdoictl("sas", json_output=True)
